@@ -1,0 +1,79 @@
+//! Command-line interface: flags that override configuration, and
+//! subcommands.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{ConfigError, Settings, Sources};
+
+const ENV_HELP: &str = "\
+CONFIGURATION (lowest precedence first):
+  built-in defaults < --config FILE (TOML) < environment < flags
+
+  Every key can be set by an environment variable named
+  USER_SERVICE__<SECTION>__<KEY>, e.g.
+    USER_SERVICE__GRPC__ADDR=0.0.0.0:50051
+    USER_SERVICE__STORE__URL=postgres://app:secret@db:5432/users
+    USER_SERVICE__SHUTDOWN__DRAIN_DELAY=5s
+    USER_SERVICE__LOG__FORMAT=json
+  RUST_LOG, when set, overrides log.level. OTEL_EXPORTER_OTLP_ENDPOINT,
+  OTEL_SERVICE_NAME and the other OTEL_* variables configure tracing.
+  See config/example.toml for every key with its default.";
+
+#[derive(Debug, Parser)]
+#[command(name = "user-service", version, about = "The user.v1.UserService gRPC server.", after_help = ENV_HELP)]
+pub struct Cli {
+    /// TOML configuration file.
+    #[arg(short, long, value_name = "PATH", global = true)]
+    pub config: Option<PathBuf>,
+    /// gRPC listen address (grpc.addr).
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub grpc_addr: Option<String>,
+    /// Admin HTTP listen address for /livez, /readyz, /metrics (admin.addr).
+    #[arg(long, value_name = "ADDR", global = true)]
+    pub admin_addr: Option<String>,
+    /// memory:// or postgres://user:password@host:port/db (store.url).
+    #[arg(long, value_name = "URL", global = true)]
+    pub store_url: Option<String>,
+    /// Log filter, e.g. info or user_service=debug,info (log.level).
+    #[arg(long, value_name = "FILTER", global = true)]
+    pub log_level: Option<String>,
+    /// text or json (log.format).
+    #[arg(long, value_name = "FORMAT", global = true)]
+    pub log_format: Option<String>,
+    /// Print the effective configuration (secrets redacted) and exit.
+    #[arg(long, global = true)]
+    pub print_config: bool,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Serve gRPC and admin HTTP until SIGTERM/SIGINT (the default).
+    Serve,
+    /// Apply database migrations to the PostgreSQL store and exit.
+    Migrate,
+}
+
+impl Cli {
+    /// Loads settings from every source, the flags given here last.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let flags = [
+            ("grpc.addr", &self.grpc_addr),
+            ("admin.addr", &self.admin_addr),
+            ("store.url", &self.store_url),
+            ("log.level", &self.log_level),
+            ("log.format", &self.log_format),
+        ];
+        Settings::load(Sources {
+            file: self.config.as_deref(),
+            env: None,
+            overrides: flags
+                .into_iter()
+                .filter_map(|(key, value)| value.clone().map(|v| (key, v)))
+                .collect(),
+        })
+    }
+}

@@ -1,0 +1,309 @@
+//! The use cases: validate, hash, store, publish. Transport-neutral: the
+//! gRPC edge hands in raw request fields and gets domain values back.
+
+use std::{collections::HashSet, sync::Arc};
+
+use futures_util::{stream, Stream, StreamExt};
+use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
+
+use super::{
+    now, DomainError, Email, NewUser, Password, PasswordHasher, User, UserEvent, UserId,
+    UserName, UserPatch, UserStatus, ValidationError, DEFAULT_ROLE,
+};
+use crate::store::UserStore;
+
+/// Tunables of the use cases (from the `limits` config section).
+#[derive(Debug, Clone)]
+pub struct UserServiceLimits {
+    /// Users fetched from the store per round trip while streaming `ListUsers`.
+    pub list_batch: usize,
+    /// Items accepted per `BulkCreateUsers` stream.
+    pub bulk_max_items: usize,
+}
+
+/// The status an update asks for, as it came off the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestedStatus {
+    /// Not set (the wire's UNSPECIFIED).
+    Unset,
+    Set(UserStatus),
+    /// A value this version of the contract does not know.
+    Unknown(i32),
+}
+
+/// An update request, before validation.
+#[derive(Debug, Clone)]
+pub struct UpdateUser {
+    pub user_id: String,
+    pub name: String,
+    pub status: RequestedStatus,
+    /// `update_mask` paths; empty means "every field that is set".
+    pub paths: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct UserService {
+    store: Arc<dyn UserStore>,
+    hasher: PasswordHasher,
+    limits: UserServiceLimits,
+}
+
+impl UserService {
+    pub fn new(store: Arc<dyn UserStore>, hasher: PasswordHasher, limits: UserServiceLimits) -> Self {
+        Self {
+            store,
+            hasher,
+            limits,
+        }
+    }
+
+    pub fn limits(&self) -> &UserServiceLimits {
+        &self.limits
+    }
+
+    pub fn store(&self) -> &Arc<dyn UserStore> {
+        &self.store
+    }
+
+    /// Validates every field (reporting all violations at once) and hashes
+    /// the password: the slow, parallelisable half of creating a user.
+    pub async fn prepare(
+        &self,
+        email: &str,
+        name: &str,
+        password: String,
+    ) -> Result<NewUser, DomainError> {
+        let mut errors = ValidationError::default();
+        let email = errors.check(Email::parse(email));
+        let name = errors.check(UserName::parse(name));
+        let password = errors.check(Password::parse(password));
+        let (Some(email), Some(name), Some(password)) = (email, name, password) else {
+            return Err(errors.into());
+        };
+        let password_hash = self.hasher.hash(password).await?;
+        Ok(NewUser {
+            id: UserId::generate(),
+            email,
+            name,
+            password_hash,
+            status: UserStatus::Active,
+            roles: vec![DEFAULT_ROLE.to_owned()],
+            created_at: now(),
+        })
+    }
+
+    /// Stores a prepared user: the fast half, where uniqueness is decided.
+    pub async fn insert(&self, user: NewUser) -> Result<User, DomainError> {
+        Ok(self.store.create(user).await?)
+    }
+
+    pub async fn create(&self, email: &str, name: &str, password: String) -> Result<User, DomainError> {
+        let user = self.prepare(email, name, password).await?;
+        self.insert(user).await
+    }
+
+    pub async fn get(&self, user_id: &str) -> Result<User, DomainError> {
+        let id = UserId::parse("user_id", user_id)?;
+        Ok(self.store.get(id).await?)
+    }
+
+    pub async fn update(&self, request: UpdateUser) -> Result<User, DomainError> {
+        let mut errors = ValidationError::default();
+        let id = errors.check(UserId::parse("user_id", &request.user_id));
+        let patch = errors.check(patch_from(&request));
+        let (Some(id), Some(patch)) = (id, patch) else {
+            return Err(errors.into());
+        };
+        Ok(self.store.update(id, patch, now()).await?)
+    }
+
+    pub async fn delete(&self, user_id: &str) -> Result<User, DomainError> {
+        let id = UserId::parse("user_id", user_id)?;
+        Ok(self.store.delete(id).await?)
+    }
+
+    /// Users ordered by id, strictly after `page_token`, at most `page_size`
+    /// (0 = all). Validation happens now; the users are read lazily, one
+    /// batch per round trip as the consumer asks for more, so memory stays
+    /// bounded for any table size and a dropped stream stops the reads.
+    pub fn list(
+        &self,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<impl Stream<Item = Result<User, DomainError>> + Send + 'static, DomainError> {
+        let mut errors = ValidationError::default();
+        if page_size < 0 {
+            errors.add("page_size", "must not be negative (0 means all users)");
+        }
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            errors.check(
+                UserId::parse("page_token", page_token)
+                    .map_err(|_| ValidationError::single("page_token", "must be the id of the last user received")),
+            )
+        };
+        errors.into_result()?;
+
+        let remaining = match usize::try_from(page_size) {
+            Ok(0) | Err(_) => usize::MAX,
+            Ok(n) => n,
+        };
+        let store = Arc::clone(&self.store);
+        let batch = self.limits.list_batch.max(1);
+        struct Cursor {
+            after: Option<UserId>,
+            remaining: usize,
+            done: bool,
+        }
+        let pages = stream::unfold(
+            Cursor { after, remaining, done: false },
+            move |mut cursor| {
+                let store = Arc::clone(&store);
+                async move {
+                    if cursor.done || cursor.remaining == 0 {
+                        return None;
+                    }
+                    let want = batch.min(cursor.remaining);
+                    match store.list_after(cursor.after, want).await {
+                        Ok(users) => {
+                            cursor.done = users.len() < want;
+                            cursor.remaining -= users.len();
+                            cursor.after = users.last().map(|u| u.id).or(cursor.after);
+                            let items: Vec<Result<User, DomainError>> =
+                                users.into_iter().map(Ok).collect();
+                            Some((stream::iter(items), cursor))
+                        }
+                        Err(err) => {
+                            cursor.done = true;
+                            Some((stream::iter(vec![Err(err.into())]), cursor))
+                        }
+                    }
+                }
+            },
+        );
+        Ok(pages.flatten())
+    }
+
+    /// Changes committed from now on, for the given ids (empty = all).
+    /// The subscription is live when this returns.
+    pub fn watch(
+        &self,
+        user_ids: &[String],
+    ) -> Result<impl Stream<Item = Result<UserEvent, DomainError>> + Send + 'static, DomainError> {
+        let mut errors = ValidationError::default();
+        let ids: HashSet<UserId> = user_ids
+            .iter()
+            .enumerate()
+            .filter_map(|(i, raw)| errors.check(UserId::parse(&format!("user_ids[{i}]"), raw)))
+            .collect();
+        errors.into_result()?;
+
+        let events = BroadcastStream::new(self.store.subscribe());
+        Ok(events.filter_map(move |item| {
+            let keep = match item {
+                Ok(event) if ids.is_empty() || ids.contains(&event.user.id) => Some(Ok(event)),
+                Ok(_) => None,
+                Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Err(DomainError::Overloaded(
+                    format!("watcher fell {missed} events behind and was dropped; subscribe again"),
+                ))),
+            };
+            futures_util::future::ready(keep)
+        }))
+    }
+}
+
+const MASK_NAME: &str = "name";
+const MASK_STATUS: &str = "status";
+
+fn patch_from(request: &UpdateUser) -> Result<UserPatch, ValidationError> {
+    let mut errors = ValidationError::default();
+    let (set_name, set_status) = if request.paths.is_empty() {
+        (
+            !request.name.is_empty(),
+            request.status != RequestedStatus::Unset,
+        )
+    } else {
+        let mut name = false;
+        let mut status = false;
+        for path in &request.paths {
+            match path.as_str() {
+                MASK_NAME => name = true,
+                MASK_STATUS => status = true,
+                other => errors.add(
+                    "update_mask",
+                    format!("unknown path {other:?}; allowed: \"name\", \"status\""),
+                ),
+            }
+        }
+        (name, status)
+    };
+    if !set_name && !set_status && errors.is_empty() {
+        errors.add("update_mask", "nothing to update: set name and/or status");
+    }
+    let name = if set_name {
+        errors.check(UserName::parse(&request.name))
+    } else {
+        None
+    };
+    let status = if set_status {
+        match request.status {
+            RequestedStatus::Set(status) => Some(status),
+            RequestedStatus::Unset => {
+                errors.add("status", "must be USER_STATUS_ACTIVE or USER_STATUS_INACTIVE");
+                None
+            }
+            RequestedStatus::Unknown(value) => {
+                errors.add("status", format!("unknown status value {value}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    errors.into_result()?;
+    Ok(UserPatch { name, status })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(name: &str, status: RequestedStatus, paths: &[&str]) -> UpdateUser {
+        UpdateUser {
+            user_id: UserId::generate().to_string(),
+            name: name.into(),
+            status,
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+        }
+    }
+
+    fn fields(err: ValidationError) -> Vec<String> {
+        err.violations.into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn empty_mask_means_every_field_that_is_set() {
+        let p = patch_from(&update("Ada", RequestedStatus::Unset, &[])).unwrap();
+        assert_eq!(p.name.unwrap().as_str(), "Ada");
+        assert_eq!(p.status, None);
+        let p = patch_from(&update("", RequestedStatus::Set(UserStatus::Inactive), &[])).unwrap();
+        assert_eq!(p.name, None);
+        assert_eq!(p.status, Some(UserStatus::Inactive));
+    }
+
+    #[test]
+    fn mask_selects_fields_even_if_others_are_set() {
+        let p = patch_from(&update("Ada", RequestedStatus::Set(UserStatus::Inactive), &["status"])).unwrap();
+        assert_eq!(p.name, None);
+        assert_eq!(p.status, Some(UserStatus::Inactive));
+    }
+
+    #[test]
+    fn bad_masks_are_rejected_with_the_field_named() {
+        assert_eq!(fields(patch_from(&update("Ada", RequestedStatus::Unset, &["email"])).unwrap_err()), ["update_mask"]);
+        assert_eq!(fields(patch_from(&update("", RequestedStatus::Unset, &[])).unwrap_err()), ["update_mask"]);
+        assert_eq!(fields(patch_from(&update("", RequestedStatus::Unset, &["name", "status"])).unwrap_err()), ["name", "status"]);
+        assert_eq!(fields(patch_from(&update("Ada", RequestedStatus::Unknown(9), &[])).unwrap_err()), ["status"]);
+    }
+}

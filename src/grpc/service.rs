@@ -1,0 +1,232 @@
+//! `user.v1.UserService` over tonic: unwraps requests, calls the domain,
+//! wraps responses. No business rule lives here.
+
+use futures_util::StreamExt;
+use tokio::sync::watch;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{
+    convert,
+    status::{code_name, invalid_argument, to_status},
+    streams::{bounded, deadline, ResponseStream},
+};
+use crate::{
+    domain::{DomainError, UserService},
+    pb::{self, user_service_server::UserService as UserServiceApi},
+};
+
+/// The gRPC face of [`UserService`].
+#[derive(Clone)]
+pub struct UserGrpc {
+    users: UserService,
+    /// Turns true when the server stops accepting calls: endless streams
+    /// (WatchUsers) end so clients move to another replica.
+    draining: watch::Receiver<bool>,
+    /// Turns true when the shutdown timeout has passed: every stream ends.
+    aborting: watch::Receiver<bool>,
+}
+
+impl UserGrpc {
+    pub fn new(users: UserService, draining: watch::Receiver<bool>, aborting: watch::Receiver<bool>) -> Self {
+        Self {
+            users,
+            draining,
+            aborting,
+        }
+    }
+
+    pub fn into_server(self) -> pb::user_service_server::UserServiceServer<Self> {
+        pb::user_service_server::UserServiceServer::new(self)
+    }
+}
+
+/// Prefixes a stream item's error with its index, keeping code and details.
+fn item_status(index: usize, err: DomainError) -> Status {
+    let prefix = format!("item {index}");
+    match err {
+        DomainError::Invalid(v) => invalid_argument(&v, Some(&prefix)),
+        other => {
+            let status = to_status(other);
+            Status::with_details(
+                status.code(),
+                format!("{prefix}: {}", status.message()),
+                status.details().to_vec().into(),
+            )
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl UserServiceApi for UserGrpc {
+    async fn create_user(
+        &self,
+        request: Request<pb::CreateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let req = request.into_inner();
+        let user = self
+            .users
+            .create(&req.email, &req.name, req.password)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::user(user)))
+    }
+
+    async fn get_user(
+        &self,
+        request: Request<pb::GetUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let user = self
+            .users
+            .get(&request.get_ref().user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(convert::user(user)))
+    }
+
+    async fn update_user(
+        &self,
+        request: Request<pb::UpdateUserRequest>,
+    ) -> Result<Response<pb::User>, Status> {
+        let update = convert::update_request(request.into_inner());
+        let user = self.users.update(update).await.map_err(to_status)?;
+        Ok(Response::new(convert::user(user)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<pb::DeleteUserRequest>,
+    ) -> Result<Response<()>, Status> {
+        self.users
+            .delete(&request.get_ref().user_id)
+            .await
+            .map_err(to_status)?;
+        Ok(Response::new(()))
+    }
+
+    type ListUsersStream = ResponseStream<pb::User>;
+
+    async fn list_users(
+        &self,
+        request: Request<pb::ListUsersRequest>,
+    ) -> Result<Response<Self::ListUsersStream>, Status> {
+        let deadline = deadline(request.metadata());
+        let req = request.into_inner();
+        let users = self
+            .users
+            .list(req.page_size, &req.page_token)
+            .map_err(to_status)?
+            .map(|item| item.map(convert::user).map_err(to_status));
+        Ok(Response::new(bounded(users, deadline, self.aborting.clone())))
+    }
+
+    async fn bulk_create_users(
+        &self,
+        request: Request<Streaming<pb::CreateUserRequest>>,
+    ) -> Result<Response<pb::BulkCreateUsersResponse>, Status> {
+        enum Item {
+            Prepared(usize, Result<crate::domain::NewUser, DomainError>),
+            OverCap(usize),
+            Broken(Status),
+        }
+
+        let cap = self.users.limits().bulk_max_items;
+        // Validation and hashing (the slow part) run a few items ahead in
+        // parallel; inserts happen one by one in stream order, so with a
+        // duplicate email inside one stream the earlier item wins.
+        let lookahead = 4;
+        let users = self.users.clone();
+        let items = request
+            .into_inner()
+            .enumerate()
+            .map(move |(index, item)| {
+                let users = users.clone();
+                async move {
+                    match item {
+                        Err(status) => Item::Broken(status),
+                        Ok(_) if index >= cap => Item::OverCap(index),
+                        Ok(req) => Item::Prepared(
+                            index,
+                            users.prepare(&req.email, &req.name, req.password).await,
+                        ),
+                    }
+                }
+            })
+            .buffered(lookahead);
+        futures_util::pin_mut!(items);
+
+        let mut response = pb::BulkCreateUsersResponse::default();
+        let mut report = |index: usize, err: DomainError| {
+            let status = to_status(err);
+            response.errors.push(pb::BulkCreateError {
+                index: i32::try_from(index).unwrap_or(i32::MAX),
+                code: code_name(status.code()).to_owned(),
+                message: status.message().to_owned(),
+            });
+        };
+        let mut created = Vec::new();
+        while let Some(item) = items.next().await {
+            match item {
+                Item::Broken(status) => return Err(status),
+                Item::OverCap(index) => {
+                    report(
+                        index,
+                        DomainError::Overloaded(format!(
+                            "a stream may carry at most {cap} items; items from index {index} on were not processed"
+                        )),
+                    );
+                    break;
+                }
+                Item::Prepared(index, Err(err)) => report(index, err),
+                Item::Prepared(index, Ok(new_user)) => match self.users.insert(new_user).await {
+                    Ok(user) => created.push(user.id.to_string()),
+                    Err(err) => report(index, err),
+                },
+            }
+        }
+        response.created_count = i32::try_from(created.len()).unwrap_or(i32::MAX);
+        response.user_ids = created;
+        Ok(Response::new(response))
+    }
+
+    type UserUpdatesStream = ResponseStream<pb::User>;
+
+    async fn user_updates(
+        &self,
+        request: Request<Streaming<pb::UpdateUserRequest>>,
+    ) -> Result<Response<Self::UserUpdatesStream>, Status> {
+        let deadline = deadline(request.metadata());
+        let users = self.users.clone();
+        // Each request is applied as it arrives and answered at once; the
+        // next one is read only when the client has room for the answer.
+        let answers = request.into_inner().enumerate().then(move |(index, item)| {
+            let users = users.clone();
+            async move {
+                let req = item?;
+                users
+                    .update(convert::update_request(req))
+                    .await
+                    .map(convert::user)
+                    .map_err(|err| item_status(index, err))
+            }
+        });
+        Ok(Response::new(bounded(answers, deadline, self.aborting.clone())))
+    }
+
+    type WatchUsersStream = ResponseStream<pb::UserEvent>;
+
+    async fn watch_users(
+        &self,
+        request: Request<pb::WatchUsersRequest>,
+    ) -> Result<Response<Self::WatchUsersStream>, Status> {
+        let deadline = deadline(request.metadata());
+        // Subscribed before we return: once the client has the response
+        // headers, every later change reaches it.
+        let events = self
+            .users
+            .watch(&request.get_ref().user_ids)
+            .map_err(to_status)?
+            .map(|item| item.map(convert::event).map_err(to_status));
+        // Endless, so it ends when draining begins, not at the abort.
+        Ok(Response::new(bounded(events, deadline, self.draining.clone())))
+    }
+}

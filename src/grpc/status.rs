@@ -1,0 +1,66 @@
+//! Domain errors -> gRPC status, in one place.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::domain::{DomainError, ValidationError};
+
+/// Maps an error to the status a client sees. Internal details are logged
+/// here and replaced by a generic message: SQL, paths and driver errors
+/// never reach clients.
+pub fn to_status(err: DomainError) -> Status {
+    match err {
+        DomainError::Invalid(v) => invalid_argument(&v, None),
+        DomainError::NotFound(id) => Status::not_found(format!("user {id} not found")),
+        DomainError::AlreadyExists => {
+            Status::already_exists("a user with this email already exists")
+        }
+        DomainError::Unavailable(detail) => {
+            tracing::warn!(error = %detail, "store unavailable");
+            Status::unavailable("the user store is unavailable; retry with backoff")
+        }
+        DomainError::Overloaded(message) => Status::resource_exhausted(message),
+        DomainError::Internal(detail) => {
+            tracing::error!(error = %detail, "internal error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+/// INVALID_ARGUMENT with a `google.rpc.BadRequest` listing every bad field.
+/// `prefix` is prepended to the message (e.g. which stream item failed).
+pub fn invalid_argument(err: &ValidationError, prefix: Option<&str>) -> Status {
+    let mut details = ErrorDetails::new();
+    for v in &err.violations {
+        details.add_bad_request_violation(v.field.clone(), v.description.clone());
+    }
+    let message = match prefix {
+        Some(prefix) => format!("{prefix}: {err}"),
+        None => err.to_string(),
+    };
+    Status::with_error_details(Code::InvalidArgument, message, details)
+}
+
+/// The canonical upper-case name of a code (`INVALID_ARGUMENT`), as used
+/// in `BulkCreateError.code`.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

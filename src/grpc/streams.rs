@@ -1,0 +1,130 @@
+//! Bounds on response streams.
+//!
+//! tonic enforces `grpc-timeout` only until response headers are sent, so a
+//! server stream would otherwise outlive its deadline. Every stream we
+//! return goes through [`bounded`], which ends it with DEADLINE_EXCEEDED at
+//! the client's deadline, with UNAVAILABLE when the server tells it to stop,
+//! and after the first error.
+
+use std::{pin::Pin, time::Duration};
+
+use futures_util::{stream, Stream, StreamExt};
+use tokio::{sync::watch, time::Instant};
+use tonic::{metadata::MetadataMap, Status};
+
+/// A boxed response stream, as the generated server traits want.
+pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// The deadline the client sent in `grpc-timeout`, as an instant.
+pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
+    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
+    parse_grpc_timeout(raw).map(|d| Instant::now() + d)
+}
+
+/// Parses the `grpc-timeout` header: up to 8 digits and a unit
+/// (H, M, S, m, u, n), per the gRPC over HTTP/2 spec.
+fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+    if raw.len() < 2 || raw.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = raw.split_at(raw.len() - 1);
+    let value: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(value.checked_mul(3600)?),
+        "M" => Duration::from_secs(value.checked_mul(60)?),
+        "S" => Duration::from_secs(value),
+        "m" => Duration::from_millis(value),
+        "u" => Duration::from_micros(value),
+        "n" => Duration::from_nanos(value),
+        _ => return None,
+    })
+}
+
+/// Ends `inner` at `deadline` (DEADLINE_EXCEEDED), when `stop` turns true
+/// (UNAVAILABLE: the client should reconnect, to another replica), or after
+/// the first error it yields.
+pub fn bounded<T, S>(inner: S, deadline: Option<Instant>, stop: watch::Receiver<bool>) -> ResponseStream<T>
+where
+    T: Send + 'static,
+    S: Stream<Item = Result<T, Status>> + Send + 'static,
+{
+    struct State<S> {
+        inner: Pin<Box<S>>,
+        deadline: Option<Instant>,
+        stop: watch::Receiver<bool>,
+        done: bool,
+    }
+
+    let state = State {
+        inner: Box::pin(inner),
+        deadline,
+        stop,
+        done: false,
+    };
+    Box::pin(stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        let deadline = st.deadline;
+        let expired = async move {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        let item = tokio::select! {
+            biased;
+            () = expired => Err(Status::deadline_exceeded("deadline exceeded while streaming")),
+            stopped = st.stop.wait_for(|stop| *stop) => match stopped {
+                Ok(_) => Err(Status::unavailable("server is shutting down; reconnect")),
+                // The server dropped its sender: it is gone, same thing.
+                Err(_) => Err(Status::unavailable("server is shutting down; reconnect")),
+            },
+            next = st.inner.next() => next?,
+        };
+        st.done = item.is_err();
+        Some((item, st))
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_grpc_timeout_units() {
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
+        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
+        for bad in ["", "S", "10", "10x", "123456789S", "-1S", "1.5S"] {
+            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ends_with_deadline_exceeded() {
+        let (_tx, rx) = watch::channel(false);
+        let forever = stream::pending::<Result<u8, Status>>();
+        let mut s = bounded(forever, Some(Instant::now() + Duration::from_secs(1)), rx);
+        let err = s.next().await.unwrap().unwrap_err();
+        assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
+        assert!(s.next().await.is_none());
+    }
+
+    #[tokio::test]
+    async fn ends_with_unavailable_on_stop_and_after_errors() {
+        let (tx, rx) = watch::channel(false);
+        let mut s = bounded(stream::pending::<Result<u8, Status>>(), None, rx);
+        tx.send_replace(true);
+        assert_eq!(s.next().await.unwrap().unwrap_err().code(), tonic::Code::Unavailable);
+        assert!(s.next().await.is_none());
+
+        let (_tx, rx) = watch::channel(false);
+        let items = stream::iter(vec![Ok(1u8), Err(Status::internal("x")), Ok(2)]);
+        let got: Vec<_> = bounded(items, None, rx).collect().await;
+        assert_eq!(got.len(), 2, "nothing after the first error");
+    }
+}

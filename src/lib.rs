@@ -1,0 +1,17 @@
+//! user-service: the `user.v1.UserService` gRPC server as a library, so
+//! that integration tests and benchmarks start the real thing in-process.
+//!
+//! See ARCHITECTURE.md for the module map and the invariants.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod grpc;
+pub mod health;
+pub mod pb;
+pub mod server;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

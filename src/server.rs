@@ -1,0 +1,239 @@
+//! Composes the service: store, domain, gRPC services, admin listener,
+//! health and the shutdown sequence. `main` only calls [`Server::bind`]
+//! and [`Server::run`]; tests do the same on port 0.
+
+use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
+
+use rand_core::{OsRng, RngCore};
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tonic::transport::server::TcpIncoming;
+
+use crate::{
+    admin,
+    config::Settings,
+    domain::{PasswordHasher, UserService, UserServiceLimits},
+    grpc::UserGrpc,
+    health::Health,
+    pb,
+    store::{self, StoreError, UserStore},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("reflection service: {0}")]
+    Reflection(String),
+    #[error("gRPC server failed: {0}")]
+    Grpc(String),
+}
+
+/// A bound, not yet running server. Binding first means the ports are
+/// known (and owned) before anything is served: tests bind port 0 and read
+/// the real addresses back.
+pub struct Server {
+    settings: Settings,
+    store: Arc<dyn UserStore>,
+    grpc_listener: TcpListener,
+    admin_listener: TcpListener,
+}
+
+impl Server {
+    pub async fn bind(settings: Settings) -> Result<Self, ServerError> {
+        let store = store::open(&settings.store).await?;
+        Self::bind_with_store(settings, store).await
+    }
+
+    /// Like [`Server::bind`] with a store opened by the caller (tests share
+    /// one store between servers this way).
+    pub async fn bind_with_store(
+        settings: Settings,
+        store: Arc<dyn UserStore>,
+    ) -> Result<Self, ServerError> {
+        let grpc_listener = bind("gRPC", settings.grpc.addr).await?;
+        let admin_listener = bind("admin", settings.admin.addr).await?;
+        Ok(Self {
+            settings,
+            store,
+            grpc_listener,
+            admin_listener,
+        })
+    }
+
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_listener.local_addr().unwrap_or(self.settings.grpc.addr)
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_listener.local_addr().unwrap_or(self.settings.admin.addr)
+    }
+
+    /// Serves until `shutdown` resolves, then runs the shutdown sequence:
+    /// readiness NOT_SERVING → keep serving for `shutdown.drain_delay` →
+    /// stop accepting, drain in-flight calls for up to `shutdown.timeout` →
+    /// cancel what is left → return.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server {
+            settings,
+            store,
+            grpc_listener,
+            admin_listener,
+        } = self;
+        let grpc_addr = grpc_listener.local_addr().unwrap_or(settings.grpc.addr);
+        let admin_addr = admin_listener.local_addr().unwrap_or(settings.admin.addr);
+
+        let (health, health_service) = Health::new().await;
+        // Three one-way switches drive the sequence.
+        let (draining_tx, draining) = watch::channel(false);
+        let (aborting_tx, aborting) = watch::channel(false);
+        let (stopped_tx, stopped) = watch::channel(false);
+
+        let monitor = tokio::spawn(health.clone().monitor(
+            Arc::clone(&store),
+            settings.health.check_interval,
+            settings.health.check_timeout,
+            stopped.clone(),
+        ));
+
+        let users = UserService::new(
+            store,
+            PasswordHasher::new(settings.limits.password_hash_concurrency),
+            UserServiceLimits {
+                list_batch: settings.limits.list_batch,
+                bulk_max_items: settings.limits.bulk_max_items,
+            },
+        );
+        let grpc = UserGrpc::new(users, draining.clone(), aborting);
+        let grpc_task = spawn_grpc(&settings, grpc_listener, grpc, health_service, draining)?;
+        let admin_task = spawn_admin(admin_listener, health.clone(), stopped.clone());
+        tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, "serving");
+
+        let mut grpc_task = grpc_task;
+        tokio::select! {
+            () = shutdown => {}
+            result = &mut grpc_task => {
+                // The server ended without being asked to: a fatal error.
+                let _ = stopped_tx.send(true);
+                let _ = monitor.await;
+                return match result {
+                    Ok(Ok(())) => Err(ServerError::Grpc("server stopped unexpectedly".into())),
+                    Ok(Err(err)) => Err(err),
+                    Err(join) => Err(ServerError::Grpc(join.to_string())),
+                };
+            }
+        }
+
+        let drain_delay = settings.shutdown.drain_delay;
+        tracing::info!(?drain_delay, "shutting down: not ready, still serving");
+        health.begin_shutdown().await;
+        tokio::time::sleep(drain_delay).await;
+
+        let timeout = settings.shutdown.timeout;
+        tracing::info!(?timeout, "draining: no new connections, finishing in-flight calls");
+        let _ = draining_tx.send(true);
+        match tokio::time::timeout(timeout, &mut grpc_task).await {
+            Ok(Ok(Ok(()))) => tracing::info!("all calls finished"),
+            Ok(Ok(Err(err))) => tracing::error!(error = %err, "gRPC server failed while draining"),
+            Ok(Err(join)) => tracing::error!(error = %join, "gRPC server task failed"),
+            Err(_) => {
+                tracing::warn!(?timeout, "shutdown timeout reached: cancelling open streams");
+                let _ = aborting_tx.send(true);
+                // Streams end on the abort signal; give their final
+                // status a moment to reach the clients, then stop waiting.
+                let _ = tokio::time::timeout(Duration::from_secs(1), &mut grpc_task).await;
+                grpc_task.abort();
+            }
+        }
+        let _ = stopped_tx.send(true);
+        let _ = admin_task.await;
+        let _ = monitor.await;
+        tracing::info!("shutdown complete");
+        Ok(())
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { what, addr, source })
+}
+
+fn spawn_grpc(
+    settings: &Settings,
+    listener: TcpListener,
+    users: UserGrpc,
+    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    mut draining: watch::Receiver<bool>,
+) -> Result<JoinHandle<Result<(), ServerError>>, ServerError> {
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    // grpcurl asks v1 first; Postman and evans still speak v1alpha.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServerError::Reflection(e.to_string()))?;
+
+    let g = &settings.grpc;
+    // tonic applies one max age to every connection; jitter it per process
+    // so replicas started together do not all recycle connections at once.
+    let max_age = jitter(g.max_connection_age, 0.1);
+    // Socket options must be set on the incoming stream: the builder's
+    // tcp_* settings are ignored by serve_with_incoming.
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(g.keepalive_interval));
+
+    let router = tonic::transport::Server::builder()
+        .timeout(g.default_timeout)
+        .max_concurrent_streams(g.max_concurrent_streams)
+        .max_connection_age(max_age)
+        .max_connection_age_grace(g.max_connection_age_grace)
+        .http2_keepalive_interval(Some(g.keepalive_interval))
+        .http2_keepalive_timeout(Some(g.keepalive_timeout))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(users.into_server());
+
+    let stop = async move {
+        let _ = draining.wait_for(|d| *d).await;
+    };
+    Ok(tokio::spawn(async move {
+        router
+            .serve_with_incoming_shutdown(incoming, stop)
+            .await
+            .map_err(|e| ServerError::Grpc(e.to_string()))
+    }))
+}
+
+fn spawn_admin(
+    listener: TcpListener,
+    health: Health,
+    mut stopped: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let app = admin::router(health);
+    tokio::spawn(async move {
+        let stop = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+            tracing::error!(error = %err, "admin listener failed");
+        }
+    })
+}
+
+/// `base` scaled by a random factor in [1 - spread, 1 + spread].
+fn jitter(base: Duration, spread: f64) -> Duration {
+    let unit = f64::from(OsRng.next_u32()) / f64::from(u32::MAX); // 0..=1
+    base.mul_f64(1.0 - spread + 2.0 * spread * unit)
+}

@@ -1,0 +1,81 @@
+//! Persistence behind one trait, so the rest of the service does not care
+//! whether users live in memory or in PostgreSQL.
+
+mod memory;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+
+use crate::{
+    config::StoreSettings,
+    domain::{NewUser, User, UserEvent, UserId, UserPatch},
+};
+
+pub use memory::MemoryStore;
+
+/// Why a store operation failed. Stores translate their own errors into
+/// these, and `domain::DomainError` carries them to the edge.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("user {0} not found")]
+    NotFound(UserId),
+    #[error("email already registered")]
+    EmailTaken,
+    /// The backend cannot be reached (connection refused, pool timeout).
+    /// The text is for logs only and must not contain credentials.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store failure: {0}")]
+    Internal(String),
+}
+
+/// The operations the service needs from storage.
+///
+/// Contract (checked against every implementation by `tests/it/store_contract.rs`):
+/// - email uniqueness is case-insensitive and atomic: of concurrent creates
+///   with the same email exactly one succeeds;
+/// - `list_after` returns users ordered by id, strictly after `after`;
+/// - every successful change is published to subscribers, in commit order
+///   per user, and only to subscribers that existed before the change.
+#[async_trait]
+pub trait UserStore: Send + Sync + 'static {
+    async fn create(&self, user: NewUser) -> Result<User, StoreError>;
+    async fn get(&self, id: UserId) -> Result<User, StoreError>;
+    /// Applies `patch` and sets `updated_at = at`.
+    async fn update(&self, id: UserId, patch: UserPatch, at: OffsetDateTime)
+        -> Result<User, StoreError>;
+    /// Removes the user and returns it as it was.
+    async fn delete(&self, id: UserId) -> Result<User, StoreError>;
+    /// At most `limit` users with an id greater than `after`, ordered by id.
+    async fn list_after(&self, after: Option<UserId>, limit: usize)
+        -> Result<Vec<User>, StoreError>;
+    /// A receiver of every change committed from now on.
+    fn subscribe(&self) -> broadcast::Receiver<UserEvent>;
+    /// Succeeds when the store can serve requests (readiness).
+    async fn check(&self) -> Result<(), StoreError>;
+}
+
+/// Opens the store named by `store.url`.
+pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn UserStore>, StoreError> {
+    match settings.url.scheme() {
+        "memory" => Ok(Arc::new(MemoryStore::new(settings.watch_buffer))),
+        other => Err(StoreError::Internal(format!(
+            "store.url: unsupported scheme {other:?}"
+        ))),
+    }
+}
+
+/// Applies the schema migrations of a PostgreSQL store.
+pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
+    match settings.url.scheme() {
+        "memory" => Err(StoreError::Internal(
+            "store.url: migrate needs a postgres:// store; the memory store has no schema".into(),
+        )),
+        other => Err(StoreError::Internal(format!(
+            "store.url: unsupported scheme {other:?}"
+        ))),
+    }
+}
