@@ -467,7 +467,7 @@ struct PartialCheck {
 fn describe(err: config::ConfigError) -> String {
     let text = err.to_string();
     // Durations fail with humantime's terse messages; say what is expected.
-    if text.contains("time unit") || text.contains("expected number") || text.contains("invalid duration") {
+    if text.contains("expected a duration") || text.contains("time unit") || text.contains("invalid duration") {
         format!("{text} (expected a duration like 250ms, 5s or 1m)")
     } else {
         text

@@ -1,0 +1,195 @@
+//! Starting servers and talking to them.
+
+#![allow(dead_code)] // each test module uses a different subset
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::TcpStream,
+    sync::oneshot,
+    task::JoinHandle,
+};
+use tonic::transport::Channel;
+use user_service::{
+    config::Settings,
+    pb::user_service_client::UserServiceClient,
+    server::Server,
+    store::{MemoryStore, UserStore},
+};
+
+/// A server running in this process, stopped when dropped.
+pub struct TestApp {
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub client: UserServiceClient<Channel>,
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Settings for tests: loopback, ephemeral ports, a short drain, cheap
+/// enough defaults for a 2-core machine.
+pub fn test_settings() -> Settings {
+    let mut s = Settings::default();
+    s.grpc.addr = "127.0.0.1:0".parse().unwrap();
+    s.admin.addr = "127.0.0.1:0".parse().unwrap();
+    s.shutdown.drain_delay = Duration::from_millis(100);
+    s.shutdown.timeout = Duration::from_secs(5);
+    s.health.check_interval = Duration::from_millis(100);
+    s
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(test_settings()).await
+}
+
+pub async fn spawn_app_with(settings: Settings) -> TestApp {
+    let server = Server::bind(settings).await.expect("bind");
+    start(server).await
+}
+
+/// Starts a server on a store the caller owns (e.g. shared by two servers).
+pub async fn spawn_app_on(settings: Settings, store: Arc<dyn UserStore>) -> TestApp {
+    let server = Server::bind_with_store(settings, store).await.expect("bind");
+    start(server).await
+}
+
+pub fn memory_store() -> Arc<dyn UserStore> {
+    Arc::new(MemoryStore::new(1024))
+}
+
+async fn start(server: Server) -> TestApp {
+    let grpc_addr = server.grpc_addr();
+    let admin_addr = server.admin_addr();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .run(async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server run");
+    });
+    let channel = connect(grpc_addr).await;
+    let app = TestApp {
+        grpc_addr,
+        admin_addr,
+        client: UserServiceClient::new(channel.clone()),
+        channel,
+        shutdown: Some(tx),
+        task: Some(task),
+    };
+    app.wait_ready().await;
+    app
+}
+
+pub async fn connect(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .timeout(Duration::from_secs(30))
+        .connect()
+        .await
+        .expect("connect")
+}
+
+impl TestApp {
+    /// Waits until `/readyz` says ready (the first store check passed).
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if http_get(self.admin_addr, "/readyz").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server at {} never became ready", self.grpc_addr);
+    }
+
+    /// Starts the shutdown sequence and returns the server task.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("already shut down")
+    }
+
+    /// Shuts down and waits for the sequence to finish.
+    pub async fn stop(mut self) {
+        let task = self.begin_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("shutdown timed out")
+            .expect("server task");
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A minimal HTTP/1.1 GET (no client library needed for probes and
+/// Prometheus queries): returns (status, body).
+pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
+    let attempt = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        let request = format!(
+            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        let status = head.split_whitespace().nth(1)?.parse().ok()?;
+        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+            dechunk(body)
+        } else {
+            body.to_owned()
+        };
+        Some((status, body))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
+        Ok(Some(answer)) => answer,
+        _ => (0, String::new()),
+    }
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// A unique, valid email for tests that create users.
+pub fn email(tag: &str) -> String {
+    format!("{tag}-{}@example.com", uuid::Uuid::now_v7().simple())
+}
+
+pub fn create_request(tag: &str) -> user_service::pb::CreateUserRequest {
+    user_service::pb::CreateUserRequest {
+        email: email(tag),
+        name: format!("User {tag}"),
+        password: "correct horse battery".into(),
+    }
+}
+
+/// Field names in the `google.rpc.BadRequest` detail of a status.
+pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    status
+        .get_details_bad_request()
+        .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,10 @@
+//! Integration tests: one binary (one link step) with a module per area.
+//! Every test starts the real server in-process on port 0, or the real
+//! binary as a child process where signals and exit codes are the point.
+
+mod helpers;
+
+mod api;
+mod config;
+mod health;
+mod shutdown;
