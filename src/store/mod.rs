@@ -56,6 +56,19 @@ pub trait UserStore: Send + Sync + 'static {
     fn subscribe(&self) -> broadcast::Receiver<UserEvent>;
     /// Succeeds when the store can serve requests (readiness).
     async fn check(&self) -> Result<(), StoreError>;
+    /// Connection pool occupancy, for stores that have a pool (metrics).
+    fn pool_stats(&self) -> Option<PoolStats> {
+        None
+    }
+}
+
+/// A snapshot of a connection pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Open connections, idle or in use.
+    pub size: u32,
+    pub idle: u32,
+    pub max: u32,
 }
 
 /// Opens the store named by `store.url`.
