@@ -463,14 +463,23 @@ struct PartialCheck {
     limits: Option<LimitSettings>,
 }
 
-/// Turns the config crate's error into one line that names the key.
+/// Turns the config crate's error into one line that names the key and,
+/// where the crate's words are terse, what was expected.
 fn describe(err: config::ConfigError) -> String {
     let text = err.to_string();
-    // Durations fail with humantime's terse messages; say what is expected.
-    if text.contains("expected a duration") || text.contains("time unit") || text.contains("invalid duration") {
-        format!("{text} (expected a duration like 250ms, 5s or 1m)")
-    } else {
-        text
+    let key = text
+        .split_once("for key `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(key, _)| key);
+    let hint = match key {
+        Some("log.format") => Some("expected \"text\" or \"json\""),
+        Some(k) if k.ends_with(".addr") => Some("expected an IP socket address like 0.0.0.0:50051"),
+        _ if text.contains("expected a duration") => Some("expected a duration like 250ms, 5s or 1m"),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => format!("{text} ({hint})"),
+        None => text,
     }
 }
 
