@@ -8,3 +8,4 @@ mod api;
 mod config;
 mod health;
 mod shutdown;
+mod tools;

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: install tools, lint, unit and
+# integration tests against a throwaway PostgreSQL cluster, then the
+# deployment checks (Helm chart, alert rules, dashboards).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-test-deps.sh
+export PATH="$PWD/.tools/bin:$PATH"
+
+echo "==> cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "==> cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "==> cargo test (with a throwaway PostgreSQL cluster)"
+# pg_virtualenv creates a temporary cluster, exports PGHOST/PGPORT/PGUSER/
+# PGPASSWORD for it, runs the command and drops the cluster afterwards.
+pg_virtualenv cargo test --locked --all-targets
+
+echo "==> deployment checks"
+scripts/test-deploy.sh
+
+echo "==> all tests passed"
