@@ -181,3 +181,20 @@ fn help_documents_flags_and_the_environment_scheme() {
         assert!(help.contains(needle), "{needle} missing from --help");
     }
 }
+
+#[test]
+fn the_example_config_lists_every_key_with_its_default() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let example = Settings::load(Sources { file: Some(&path), env: env(&[]), overrides: vec![] }).unwrap();
+    let mut defaults = Settings::default();
+    // The one default that depends on the machine.
+    defaults.limits.password_hash_concurrency = 2;
+    assert_eq!(example.to_redacted_toml(), defaults.to_redacted_toml());
+    // Every key of the defaults appears in the file (commented or not).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let rendered = Settings::default().to_redacted_toml();
+    for line in rendered.lines().filter(|l| l.contains(" = ")) {
+        let key = line.split(" = ").next().unwrap();
+        assert!(text.contains(&format!("{key} = ")), "{key} is not documented in config/example.toml");
+    }
+}
