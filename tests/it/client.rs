@@ -1,0 +1,107 @@
+//! The bundled client library and `userctl`, against the real server.
+
+use std::{process::Stdio, time::Duration};
+
+use futures_util::StreamExt;
+use tokio::{io::AsyncWriteExt, process::Command};
+use user_service::client::{ClientConfig, ClientError, UserClient};
+
+use crate::helpers::{email, spawn_app};
+
+#[tokio::test]
+async fn the_client_library_maps_errors_to_typed_variants() {
+    let app = spawn_app().await;
+    let client = UserClient::connect(ClientConfig {
+        endpoint: format!("http://{}", app.grpc_addr),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+
+    let address = email("lib");
+    let user = client.create_user(&address, "Lib", "correct horse battery").await.unwrap();
+    assert_eq!(client.get_user(&user.id).await.unwrap(), user);
+    assert!(matches!(
+        client.create_user(&address, "Again", "correct horse battery").await,
+        Err(ClientError::AlreadyExists(_))
+    ));
+    match client.create_user("bad", "", "x").await {
+        Err(ClientError::Invalid(violations)) => {
+            let fields: Vec<_> = violations.iter().map(|(f, _)| f.as_str()).collect();
+            assert_eq!(fields, ["email", "name", "password"]);
+        }
+        other => panic!("{other:?}"),
+    }
+    let users: Vec<_> = client.list_users(0, "", Duration::from_secs(5)).await.unwrap().collect().await;
+    assert_eq!(users.len(), 1);
+    client.delete_user(&user.id).await.unwrap();
+    assert!(matches!(client.get_user(&user.id).await, Err(ClientError::NotFound(_))));
+}
+
+#[tokio::test]
+async fn connecting_to_nothing_fails_within_the_connect_timeout() {
+    let started = std::time::Instant::now();
+    let result = UserClient::connect(ClientConfig {
+        endpoint: "http://127.0.0.1:1".into(),
+        connect_timeout: Duration::from_millis(500),
+        ..ClientConfig::default()
+    })
+    .await;
+    assert!(matches!(result, Err(ClientError::Connect(_))));
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+async fn userctl(addr: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_userctl"))
+        .arg("--addr")
+        .arg(addr)
+        .args(args)
+        .env_remove("USERCTL_PASSWORD")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.unwrap_or("").as_bytes()).await.unwrap();
+    drop(input);
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn userctl_drives_every_unary_call_and_list() {
+    let app = spawn_app().await;
+    let addr = format!("http://{}", app.grpc_addr);
+    let address = email("ctl");
+
+    let (ok, out, err) = userctl(&addr, &["create", "--email", &address, "--name", "Ctl"], Some("correct horse battery\n")).await;
+    assert!(ok, "{err}");
+    let user: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(user["status"], "USER_STATUS_ACTIVE");
+    let id = user["id"].as_str().unwrap().to_owned();
+
+    let (ok, out, _) = userctl(&addr, &["update", &id, "--status", "inactive"], None).await;
+    assert!(ok);
+    assert!(out.contains("USER_STATUS_INACTIVE"));
+
+    let (ok, out, _) = userctl(&addr, &["list"], None).await;
+    assert!(ok);
+    assert_eq!(out.lines().count(), 1);
+    assert!(out.contains(&id));
+
+    let (ok, _, _) = userctl(&addr, &["delete", &id], None).await;
+    assert!(ok);
+    let (ok, _, err) = userctl(&addr, &["get", &id], None).await;
+    assert!(!ok);
+    assert!(err.contains("not found"), "{err}");
+
+    let (ok, _, err) = userctl(&addr, &["create", "--email", "nope", "--name", "X"], Some("short\n")).await;
+    assert!(!ok);
+    assert!(err.contains("email") && err.contains("password"), "{err}");
+    assert!(!err.contains("short"), "the password is never echoed: {err}");
+}
