@@ -127,7 +127,10 @@ impl UserClient {
         let mut attempt = 1;
         loop {
             match call(self.inner.clone()).await {
-                Err(status) if status.code() == Code::Unavailable && attempt < self.config.read_attempts => {
+                Err(status)
+                    if status.code() == Code::Unavailable
+                        && attempt < self.config.read_attempts =>
+                {
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     attempt += 1;
@@ -137,7 +140,12 @@ impl UserClient {
         }
     }
 
-    pub async fn create_user(&self, email: &str, name: &str, password: &str) -> Result<pb::User, ClientError> {
+    pub async fn create_user(
+        &self,
+        email: &str,
+        name: &str,
+        password: &str,
+    ) -> Result<pb::User, ClientError> {
         let request = self.request(CreateUserRequest {
             email: email.into(),
             name: name.into(),
@@ -148,7 +156,9 @@ impl UserClient {
 
     pub async fn get_user(&self, user_id: &str) -> Result<pb::User, ClientError> {
         self.read_with_retry(|mut client| {
-            let request = self.request(GetUserRequest { user_id: user_id.into() });
+            let request = self.request(GetUserRequest {
+                user_id: user_id.into(),
+            });
             async move { client.get_user(request).await.map(|r| r.into_inner()) }
         })
         .await
@@ -160,7 +170,9 @@ impl UserClient {
     }
 
     pub async fn delete_user(&self, user_id: &str) -> Result<(), ClientError> {
-        let request = self.request(DeleteUserRequest { user_id: user_id.into() });
+        let request = self.request(DeleteUserRequest {
+            user_id: user_id.into(),
+        });
         self.inner.clone().delete_user(request).await?;
         Ok(())
     }

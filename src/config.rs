@@ -194,7 +194,7 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct TelemetrySettings {
     /// OTLP/gRPC collector endpoint, e.g. `http://otel-collector:4317`.
@@ -205,14 +205,6 @@ pub struct TelemetrySettings {
     pub trace_health_checks: bool,
 }
 
-impl Default for TelemetrySettings {
-    fn default() -> Self {
-        Self {
-            otlp_endpoint: None,
-            trace_health_checks: false,
-        }
-    }
-}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -408,10 +400,16 @@ impl Settings {
         let positive = [
             ("limits.bulk_max_items", self.limits.bulk_max_items),
             ("limits.list_batch", self.limits.list_batch),
-            ("limits.password_hash_concurrency", self.limits.password_hash_concurrency),
+            (
+                "limits.password_hash_concurrency",
+                self.limits.password_hash_concurrency,
+            ),
             ("store.watch_buffer", self.store.watch_buffer),
             ("store.max_connections", self.store.max_connections as usize),
-            ("grpc.max_concurrent_streams", self.grpc.max_concurrent_streams as usize),
+            (
+                "grpc.max_concurrent_streams",
+                self.grpc.max_concurrent_streams as usize,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -430,7 +428,9 @@ impl Settings {
         ];
         for (key, value) in nonzero {
             if value.is_zero() {
-                return Err(ConfigError::Invalid(format!("{key}: must be longer than 0s")));
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: must be longer than 0s"
+                )));
             }
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
@@ -474,7 +474,9 @@ fn describe(err: config::ConfigError) -> String {
     let hint = match key {
         Some("log.format") => Some("expected \"text\" or \"json\""),
         Some(k) if k.ends_with(".addr") => Some("expected an IP socket address like 0.0.0.0:50051"),
-        _ if text.contains("expected a duration") => Some("expected a duration like 250ms, 5s or 1m"),
+        _ if text.contains("expected a duration") => {
+            Some("expected a duration like 250ms, 5s or 1m")
+        }
         _ => None,
     };
     match hint {
@@ -490,7 +492,10 @@ mod tests {
     #[test]
     fn redacts_passwords_in_urls() {
         let url = StoreUrl::parse("postgres://app:s3cr3t@db:5432/users?sslmode=require").unwrap();
-        assert_eq!(url.redacted(), "postgres://app:***@db:5432/users?sslmode=require");
+        assert_eq!(
+            url.redacted(),
+            "postgres://app:***@db:5432/users?sslmode=require"
+        );
         assert!(!format!("{url:?} {url}").contains("s3cr3t"));
         let url = StoreUrl::parse("postgres://app:p%40ss@w@rd@db/users").unwrap();
         assert!(!url.redacted().contains("rd"), "{}", url.redacted());

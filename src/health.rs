@@ -56,7 +56,8 @@ impl Health {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.inner.store_ok.load(Ordering::SeqCst) && !self.inner.shutting_down.load(Ordering::SeqCst)
+        self.inner.store_ok.load(Ordering::SeqCst)
+            && !self.inner.shutting_down.load(Ordering::SeqCst)
     }
 
     /// Records a store check result and publishes the readiness it implies.

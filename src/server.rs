@@ -67,11 +67,15 @@ impl Server {
     }
 
     pub fn grpc_addr(&self) -> SocketAddr {
-        self.grpc_listener.local_addr().unwrap_or(self.settings.grpc.addr)
+        self.grpc_listener
+            .local_addr()
+            .unwrap_or(self.settings.grpc.addr)
     }
 
     pub fn admin_addr(&self) -> SocketAddr {
-        self.admin_listener.local_addr().unwrap_or(self.settings.admin.addr)
+        self.admin_listener
+            .local_addr()
+            .unwrap_or(self.settings.admin.addr)
     }
 
     /// Serves until `shutdown` resolves, then runs the shutdown sequence:
@@ -135,14 +139,20 @@ impl Server {
         tokio::time::sleep(drain_delay).await;
 
         let timeout = settings.shutdown.timeout;
-        tracing::info!(?timeout, "draining: no new connections, finishing in-flight calls");
+        tracing::info!(
+            ?timeout,
+            "draining: no new connections, finishing in-flight calls"
+        );
         let _ = draining_tx.send(true);
         match tokio::time::timeout(timeout, &mut grpc_task).await {
             Ok(Ok(Ok(()))) => tracing::info!("all calls finished"),
             Ok(Ok(Err(err))) => tracing::error!(error = %err, "gRPC server failed while draining"),
             Ok(Err(join)) => tracing::error!(error = %join, "gRPC server task failed"),
             Err(_) => {
-                tracing::warn!(?timeout, "shutdown timeout reached: cancelling open streams");
+                tracing::warn!(
+                    ?timeout,
+                    "shutdown timeout reached: cancelling open streams"
+                );
                 let _ = aborting_tx.send(true);
                 // Streams end on the abort signal; give their final
                 // status a moment to reach the clients, then stop waiting.
@@ -168,7 +178,9 @@ fn spawn_grpc(
     settings: &Settings,
     listener: TcpListener,
     users: UserGrpc,
-    health_service: tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
     mut draining: watch::Receiver<bool>,
 ) -> Result<JoinHandle<Result<(), ServerError>>, ServerError> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -226,7 +238,10 @@ fn spawn_admin(
         let stop = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
-        if let Err(err) = axum::serve(listener, app).with_graceful_shutdown(stop).await {
+        if let Err(err) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
             tracing::error!(error = %err, "admin listener failed");
         }
     })

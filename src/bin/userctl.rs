@@ -15,7 +15,11 @@ use user_service::{
 };
 
 #[derive(Parser)]
-#[command(name = "userctl", version, about = "Command-line client for user.v1.UserService.")]
+#[command(
+    name = "userctl",
+    version,
+    about = "Command-line client for user.v1.UserService."
+)]
 struct Cli {
     /// Server address.
     #[arg(long, env = "USERCTL_ADDR", default_value = "http://localhost:50051")]
@@ -86,10 +90,9 @@ fn read_password() -> Result<String, ClientError> {
         return Ok(password);
     }
     let mut line = String::new();
-    std::io::stdin()
-        .lock()
-        .read_line(&mut line)
-        .map_err(|e| ClientError::Invalid(vec![("password".into(), format!("cannot read stdin: {e}"))]))?;
+    std::io::stdin().lock().read_line(&mut line).map_err(|e| {
+        ClientError::Invalid(vec![("password".into(), format!("cannot read stdin: {e}"))])
+    })?;
     Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }
 
@@ -103,7 +106,10 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     match cli.command {
         Cmd::Create { email, name } => {
             let password = read_password()?;
-            println!("{}", user_json(&client.create_user(&email, &name, &password).await?));
+            println!(
+                "{}",
+                user_json(&client.create_user(&email, &name, &password).await?)
+            );
         }
         Cmd::Get { id } => println!("{}", user_json(&client.get_user(&id).await?)),
         Cmd::Update { id, name, status } => {
@@ -131,8 +137,13 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             client.delete_user(&id).await?;
             println!("{}", json!({ "deleted": id }));
         }
-        Cmd::List { page_size, page_token } => {
-            let mut users = client.list_users(page_size, &page_token, cli.timeout).await?;
+        Cmd::List {
+            page_size,
+            page_token,
+        } => {
+            let mut users = client
+                .list_users(page_size, &page_token, cli.timeout)
+                .await?;
             while let Some(user) = users.next().await {
                 println!("{}", user_json(&user?));
             }
@@ -141,7 +152,8 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
             let mut events = client.watch_users(ids, None).await?;
             while let Some(event) = events.next().await {
                 let event = event?;
-                let kind = UserEventType::try_from(event.r#type).map_or("UNKNOWN", |t| t.as_str_name());
+                let kind =
+                    UserEventType::try_from(event.r#type).map_or("UNKNOWN", |t| t.as_str_name());
                 println!(
                     "{}",
                     json!({

@@ -106,8 +106,14 @@ mod tests {
     #[tokio::test]
     async fn hashes_are_salted_argon2id_and_verify() {
         let hasher = PasswordHasher::new(2);
-        let a = hasher.hash(Password::parse("correct horse".into()).unwrap()).await.unwrap();
-        let b = hasher.hash(Password::parse("correct horse".into()).unwrap()).await.unwrap();
+        let a = hasher
+            .hash(Password::parse("correct horse".into()).unwrap())
+            .await
+            .unwrap();
+        let b = hasher
+            .hash(Password::parse("correct horse".into()).unwrap())
+            .await
+            .unwrap();
         assert!(a.starts_with("$argon2id$"), "{a}");
         assert_ne!(a, b, "each hash has its own salt");
         assert!(PasswordHasher::verify("correct horse", &a));

@@ -7,8 +7,8 @@ use futures_util::{stream, Stream, StreamExt};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
 use super::{
-    now, DomainError, Email, NewUser, Password, PasswordHasher, User, UserEvent, UserId,
-    UserName, UserPatch, UserStatus, ValidationError, DEFAULT_ROLE,
+    now, DomainError, Email, NewUser, Password, PasswordHasher, User, UserEvent, UserId, UserName,
+    UserPatch, UserStatus, ValidationError, DEFAULT_ROLE,
 };
 use crate::store::UserStore;
 
@@ -49,7 +49,11 @@ pub struct UserService {
 }
 
 impl UserService {
-    pub fn new(store: Arc<dyn UserStore>, hasher: PasswordHasher, limits: UserServiceLimits) -> Self {
+    pub fn new(
+        store: Arc<dyn UserStore>,
+        hasher: PasswordHasher,
+        limits: UserServiceLimits,
+    ) -> Self {
         Self {
             store,
             hasher,
@@ -97,7 +101,12 @@ impl UserService {
         Ok(self.store.create(user).await?)
     }
 
-    pub async fn create(&self, email: &str, name: &str, password: String) -> Result<User, DomainError> {
+    pub async fn create(
+        &self,
+        email: &str,
+        name: &str,
+        password: String,
+    ) -> Result<User, DomainError> {
         let user = self.prepare(email, name, password).await?;
         self.insert(user).await
     }
@@ -138,10 +147,9 @@ impl UserService {
         let after = if page_token.is_empty() {
             None
         } else {
-            errors.check(
-                UserId::parse("page_token", page_token)
-                    .map_err(|_| ValidationError::single("page_token", "must be the id of the last user received")),
-            )
+            errors.check(UserId::parse("page_token", page_token).map_err(|_| {
+                ValidationError::single("page_token", "must be the id of the last user received")
+            }))
         };
         errors.into_result()?;
 
@@ -157,7 +165,11 @@ impl UserService {
             done: bool,
         }
         let pages = stream::unfold(
-            Cursor { after, remaining, done: false },
+            Cursor {
+                after,
+                remaining,
+                done: false,
+            },
             move |mut cursor| {
                 let store = Arc::clone(&store);
                 async move {
@@ -190,7 +202,8 @@ impl UserService {
     pub fn watch(
         &self,
         user_ids: &[String],
-    ) -> Result<impl Stream<Item = Result<UserEvent, DomainError>> + Send + 'static, DomainError> {
+    ) -> Result<impl Stream<Item = Result<UserEvent, DomainError>> + Send + 'static, DomainError>
+    {
         let mut errors = ValidationError::default();
         let ids: HashSet<UserId> = user_ids
             .iter()
@@ -204,9 +217,11 @@ impl UserService {
             let keep = match item {
                 Ok(event) if ids.is_empty() || ids.contains(&event.user.id) => Some(Ok(event)),
                 Ok(_) => None,
-                Err(BroadcastStreamRecvError::Lagged(missed)) => Some(Err(DomainError::Overloaded(
-                    format!("watcher fell {missed} events behind and was dropped; subscribe again"),
-                ))),
+                Err(BroadcastStreamRecvError::Lagged(missed)) => {
+                    Some(Err(DomainError::Overloaded(format!(
+                        "watcher fell {missed} events behind and was dropped; subscribe again"
+                    ))))
+                }
             };
             futures_util::future::ready(keep)
         }))
@@ -250,7 +265,10 @@ fn patch_from(request: &UpdateUser) -> Result<UserPatch, ValidationError> {
         match request.status {
             RequestedStatus::Set(status) => Some(status),
             RequestedStatus::Unset => {
-                errors.add("status", "must be USER_STATUS_ACTIVE or USER_STATUS_INACTIVE");
+                errors.add(
+                    "status",
+                    "must be USER_STATUS_ACTIVE or USER_STATUS_INACTIVE",
+                );
                 None
             }
             RequestedStatus::Unknown(value) => {
@@ -294,16 +312,35 @@ mod tests {
 
     #[test]
     fn mask_selects_fields_even_if_others_are_set() {
-        let p = patch_from(&update("Ada", RequestedStatus::Set(UserStatus::Inactive), &["status"])).unwrap();
+        let p = patch_from(&update(
+            "Ada",
+            RequestedStatus::Set(UserStatus::Inactive),
+            &["status"],
+        ))
+        .unwrap();
         assert_eq!(p.name, None);
         assert_eq!(p.status, Some(UserStatus::Inactive));
     }
 
     #[test]
     fn bad_masks_are_rejected_with_the_field_named() {
-        assert_eq!(fields(patch_from(&update("Ada", RequestedStatus::Unset, &["email"])).unwrap_err()), ["update_mask"]);
-        assert_eq!(fields(patch_from(&update("", RequestedStatus::Unset, &[])).unwrap_err()), ["update_mask"]);
-        assert_eq!(fields(patch_from(&update("", RequestedStatus::Unset, &["name", "status"])).unwrap_err()), ["name", "status"]);
-        assert_eq!(fields(patch_from(&update("Ada", RequestedStatus::Unknown(9), &[])).unwrap_err()), ["status"]);
+        assert_eq!(
+            fields(patch_from(&update("Ada", RequestedStatus::Unset, &["email"])).unwrap_err()),
+            ["update_mask"]
+        );
+        assert_eq!(
+            fields(patch_from(&update("", RequestedStatus::Unset, &[])).unwrap_err()),
+            ["update_mask"]
+        );
+        assert_eq!(
+            fields(
+                patch_from(&update("", RequestedStatus::Unset, &["name", "status"])).unwrap_err()
+            ),
+            ["name", "status"]
+        );
+        assert_eq!(
+            fields(patch_from(&update("Ada", RequestedStatus::Unknown(9), &[])).unwrap_err()),
+            ["status"]
+        );
     }
 }

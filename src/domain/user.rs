@@ -111,9 +111,12 @@ fn valid_local_part(local: &str) -> bool {
         && !local.starts_with('.')
         && !local.ends_with('.')
         && !local.contains("..")
-        && local
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '.' || SPECIALS.contains(c) || !c.is_ascii() && !c.is_control() && !c.is_whitespace())
+        && local.chars().all(|c| {
+            c.is_ascii_alphanumeric()
+                || c == '.'
+                || SPECIALS.contains(c)
+                || !c.is_ascii() && !c.is_control() && !c.is_whitespace()
+        })
 }
 
 fn valid_domain(domain: &str) -> bool {
@@ -124,9 +127,9 @@ fn valid_domain(domain: &str) -> bool {
                 && label.chars().count() <= DOMAIN_LABEL_MAX_CHARS
                 && !label.starts_with('-')
                 && !label.ends_with('-')
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii() && c.is_alphanumeric())
+                && label.chars().all(|c| {
+                    c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii() && c.is_alphanumeric()
+                })
         })
         && labels
             .last()
@@ -337,12 +340,21 @@ mod tests {
         let a = Email::parse("Alice@Example.com").unwrap();
         let b = Email::parse("alice@example.COM").unwrap();
         assert_eq!(a.key(), b.key());
-        assert_eq!(a.as_str(), "Alice@Example.com", "the original spelling is kept");
+        assert_eq!(
+            a.as_str(),
+            "Alice@Example.com",
+            "the original spelling is kept"
+        );
     }
 
     #[test]
     fn email_length_limit_is_254() {
-        let domain = format!("{}.{}.{}.com", "d".repeat(63), "e".repeat(63), "f".repeat(59));
+        let domain = format!(
+            "{}.{}.{}.com",
+            "d".repeat(63),
+            "e".repeat(63),
+            "f".repeat(59)
+        );
         let at_limit = format!("{}@{domain}", "a".repeat(254 - domain.len() - 1));
         assert_eq!(at_limit.len(), 254);
         assert!(Email::parse(&at_limit).is_ok());
@@ -355,7 +367,10 @@ mod tests {
         assert_eq!(UserName::parse("  Ada  ").unwrap().as_str(), "Ada");
         assert!(UserName::parse("").is_err());
         assert!(UserName::parse(" \t ").is_err());
-        assert!(UserName::parse(&"é".repeat(100)).is_ok(), "100 characters, 200 bytes");
+        assert!(
+            UserName::parse(&"é".repeat(100)).is_ok(),
+            "100 characters, 200 bytes"
+        );
         assert!(UserName::parse(&"é".repeat(101)).is_err());
         assert!(UserName::parse("李小龙 🐉").is_ok());
         assert!(UserName::parse("bad\u{0}name").is_err());

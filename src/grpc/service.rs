@@ -27,7 +27,11 @@ pub struct UserGrpc {
 }
 
 impl UserGrpc {
-    pub fn new(users: UserService, draining: watch::Receiver<bool>, aborting: watch::Receiver<bool>) -> Self {
+    pub fn new(
+        users: UserService,
+        draining: watch::Receiver<bool>,
+        aborting: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             users,
             draining,
@@ -116,7 +120,11 @@ impl UserServiceApi for UserGrpc {
             .list(req.page_size, &req.page_token)
             .map_err(to_status)?
             .map(|item| item.map(convert::user).map_err(to_status));
-        Ok(Response::new(bounded(users, deadline, self.aborting.clone())))
+        Ok(Response::new(bounded(
+            users,
+            deadline,
+            self.aborting.clone(),
+        )))
     }
 
     async fn bulk_create_users(
@@ -209,7 +217,11 @@ impl UserServiceApi for UserGrpc {
                     .map_err(|err| item_status(index, err))
             }
         });
-        Ok(Response::new(bounded(answers, deadline, self.aborting.clone())))
+        Ok(Response::new(bounded(
+            answers,
+            deadline,
+            self.aborting.clone(),
+        )))
     }
 
     type WatchUsersStream = ResponseStream<pb::UserEvent>;
@@ -227,6 +239,10 @@ impl UserServiceApi for UserGrpc {
             .map_err(to_status)?
             .map(|item| item.map(convert::event).map_err(to_status));
         // Endless, so it ends when draining begins, not at the abort.
-        Ok(Response::new(bounded(events, deadline, self.draining.clone())))
+        Ok(Response::new(bounded(
+            events,
+            deadline,
+            self.draining.clone(),
+        )))
     }
 }

@@ -43,7 +43,11 @@ fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
 /// Ends `inner` at `deadline` (DEADLINE_EXCEEDED), when `stop` turns true
 /// (UNAVAILABLE: the client should reconnect, to another replica), or after
 /// the first error it yields.
-pub fn bounded<T, S>(inner: S, deadline: Option<Instant>, stop: watch::Receiver<bool>) -> ResponseStream<T>
+pub fn bounded<T, S>(
+    inner: S,
+    deadline: Option<Instant>,
+    stop: watch::Receiver<bool>,
+) -> ResponseStream<T>
 where
     T: Send + 'static,
     S: Stream<Item = Result<T, Status>> + Send + 'static,
@@ -97,7 +101,10 @@ mod tests {
         assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
         assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
         assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_grpc_timeout("99999999u"), Some(Duration::from_micros(99_999_999)));
+        assert_eq!(
+            parse_grpc_timeout("99999999u"),
+            Some(Duration::from_micros(99_999_999))
+        );
         assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
         for bad in ["", "S", "10", "10x", "123456789S", "-1S", "1.5S"] {
             assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
@@ -119,7 +126,10 @@ mod tests {
         let (tx, rx) = watch::channel(false);
         let mut s = bounded(stream::pending::<Result<u8, Status>>(), None, rx);
         tx.send_replace(true);
-        assert_eq!(s.next().await.unwrap().unwrap_err().code(), tonic::Code::Unavailable);
+        assert_eq!(
+            s.next().await.unwrap().unwrap_err().code(),
+            tonic::Code::Unavailable
+        );
         assert!(s.next().await.is_none());
 
         let (_tx, rx) = watch::channel(false);

@@ -45,13 +45,20 @@ pub trait UserStore: Send + Sync + 'static {
     async fn create(&self, user: NewUser) -> Result<User, StoreError>;
     async fn get(&self, id: UserId) -> Result<User, StoreError>;
     /// Applies `patch` and sets `updated_at = at`.
-    async fn update(&self, id: UserId, patch: UserPatch, at: OffsetDateTime)
-        -> Result<User, StoreError>;
+    async fn update(
+        &self,
+        id: UserId,
+        patch: UserPatch,
+        at: OffsetDateTime,
+    ) -> Result<User, StoreError>;
     /// Removes the user and returns it as it was.
     async fn delete(&self, id: UserId) -> Result<User, StoreError>;
     /// At most `limit` users with an id greater than `after`, ordered by id.
-    async fn list_after(&self, after: Option<UserId>, limit: usize)
-        -> Result<Vec<User>, StoreError>;
+    async fn list_after(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError>;
     /// A receiver of every change committed from now on.
     fn subscribe(&self) -> broadcast::Receiver<UserEvent>;
     /// Succeeds when the store can serve requests (readiness).

@@ -21,7 +21,10 @@ fn mask(paths: &[&str]) -> Option<FieldMask> {
     })
 }
 
-async fn list_all(client: &mut pb::user_service_client::UserServiceClient<tonic::transport::Channel>, req: ListUsersRequest) -> Result<Vec<pb::User>, tonic::Status> {
+async fn list_all(
+    client: &mut pb::user_service_client::UserServiceClient<tonic::transport::Channel>,
+    req: ListUsersRequest,
+) -> Result<Vec<pb::User>, tonic::Status> {
     let mut stream = client.list_users(req).await?.into_inner();
     let mut users = Vec::new();
     while let Some(user) = stream.next().await {
@@ -55,7 +58,9 @@ async fn create_user_assigns_id_status_roles_and_timestamps() {
     assert_eq!(user.created_at, user.updated_at);
 
     let fetched = client
-        .get_user(GetUserRequest { user_id: user.id.clone() })
+        .get_user(GetUserRequest {
+            user_id: user.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -76,7 +81,10 @@ async fn create_user_reports_every_invalid_field() {
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["email", "name", "password"]);
-    assert!(!status.message().contains("short"), "the password is never echoed");
+    assert!(
+        !status.message().contains("short"),
+        "the password is never echoed"
+    );
 
     let long_name = "n".repeat(101);
     let status = client
@@ -89,7 +97,9 @@ async fn create_user_reports_every_invalid_field() {
         .unwrap_err();
     assert_eq!(bad_fields(&status), ["name", "password"]);
 
-    let users = list_all(&mut client, ListUsersRequest::default()).await.unwrap();
+    let users = list_all(&mut client, ListUsersRequest::default())
+        .await
+        .unwrap();
     assert!(users.is_empty(), "nothing was created");
 }
 
@@ -112,7 +122,11 @@ async fn concurrent_creates_with_one_email_exactly_one_wins() {
     let email = email("race");
     let attempts = (0..8).map(|i| {
         let mut client = app.client.clone();
-        let email = if i % 2 == 0 { email.clone() } else { email.to_uppercase() };
+        let email = if i % 2 == 0 {
+            email.clone()
+        } else {
+            email.to_uppercase()
+        };
         tokio::spawn(async move {
             client
                 .create_user(CreateUserRequest {
@@ -130,7 +144,11 @@ async fn concurrent_creates_with_one_email_exactly_one_wins() {
         .into_iter()
         .map(|r| r.unwrap())
         .collect();
-    assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 1, "{results:?}");
+    assert_eq!(
+        results.iter().filter(|r| r.is_ok()).count(),
+        1,
+        "{results:?}"
+    );
     assert!(results
         .iter()
         .filter_map(|r| r.err())
@@ -143,7 +161,9 @@ async fn get_user_distinguishes_malformed_and_unknown_ids() {
     let mut client = app.client.clone();
 
     let status = client
-        .get_user(GetUserRequest { user_id: "nope".into() })
+        .get_user(GetUserRequest {
+            user_id: "nope".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -151,7 +171,9 @@ async fn get_user_distinguishes_malformed_and_unknown_ids() {
 
     let unknown = uuid::Uuid::now_v7().to_string();
     let status = client
-        .get_user(GetUserRequest { user_id: unknown.clone() })
+        .get_user(GetUserRequest {
+            user_id: unknown.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -162,7 +184,11 @@ async fn get_user_distinguishes_malformed_and_unknown_ids() {
 async fn update_user_follows_the_mask_and_bumps_updated_at() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let user = client.create_user(create_request("upd")).await.unwrap().into_inner();
+    let user = client
+        .create_user(create_request("upd"))
+        .await
+        .unwrap()
+        .into_inner();
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     // Only "status" is in the mask: the name in the request is ignored.
@@ -180,7 +206,10 @@ async fn update_user_follows_the_mask_and_bumps_updated_at() {
     assert_eq!(updated.name, user.name);
     assert_eq!(updated.created_at, user.created_at);
     let ts = |t: &Option<prost_types::Timestamp>| t.as_ref().map(|t| (t.seconds, t.nanos)).unwrap();
-    assert!(ts(&updated.updated_at) > ts(&user.updated_at), "updated_at is bumped");
+    assert!(
+        ts(&updated.updated_at) > ts(&user.updated_at),
+        "updated_at is bumped"
+    );
 
     // Empty mask: every field that is set.
     let updated = client
@@ -194,10 +223,16 @@ async fn update_user_follows_the_mask_and_bumps_updated_at() {
         .unwrap()
         .into_inner();
     assert_eq!(updated.name, "Grace");
-    assert_eq!(updated.status, UserStatus::Inactive as i32, "unset status is left alone");
+    assert_eq!(
+        updated.status,
+        UserStatus::Inactive as i32,
+        "unset status is left alone"
+    );
 
     let fetched = client
-        .get_user(GetUserRequest { user_id: user.id.clone() })
+        .get_user(GetUserRequest {
+            user_id: user.id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -208,14 +243,58 @@ async fn update_user_follows_the_mask_and_bumps_updated_at() {
 async fn update_user_rejects_bad_masks_and_values() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let user = client.create_user(create_request("updbad")).await.unwrap().into_inner();
+    let user = client
+        .create_user(create_request("updbad"))
+        .await
+        .unwrap()
+        .into_inner();
 
     let cases = [
-        (UpdateUserRequest { user_id: user.id.clone(), name: "X".into(), status: 0, update_mask: mask(&["email"]) }, vec!["update_mask"]),
-        (UpdateUserRequest { user_id: user.id.clone(), name: String::new(), status: 0, update_mask: None }, vec!["update_mask"]),
-        (UpdateUserRequest { user_id: user.id.clone(), name: String::new(), status: 0, update_mask: mask(&["name", "status"]) }, vec!["name", "status"]),
-        (UpdateUserRequest { user_id: user.id.clone(), name: String::new(), status: 42, update_mask: None }, vec!["status"]),
-        (UpdateUserRequest { user_id: "bad".into(), name: "X".into(), status: 0, update_mask: None }, vec!["user_id"]),
+        (
+            UpdateUserRequest {
+                user_id: user.id.clone(),
+                name: "X".into(),
+                status: 0,
+                update_mask: mask(&["email"]),
+            },
+            vec!["update_mask"],
+        ),
+        (
+            UpdateUserRequest {
+                user_id: user.id.clone(),
+                name: String::new(),
+                status: 0,
+                update_mask: None,
+            },
+            vec!["update_mask"],
+        ),
+        (
+            UpdateUserRequest {
+                user_id: user.id.clone(),
+                name: String::new(),
+                status: 0,
+                update_mask: mask(&["name", "status"]),
+            },
+            vec!["name", "status"],
+        ),
+        (
+            UpdateUserRequest {
+                user_id: user.id.clone(),
+                name: String::new(),
+                status: 42,
+                update_mask: None,
+            },
+            vec!["status"],
+        ),
+        (
+            UpdateUserRequest {
+                user_id: "bad".into(),
+                name: "X".into(),
+                status: 0,
+                update_mask: None,
+            },
+            vec!["user_id"],
+        ),
     ];
     for (request, fields) in cases {
         let status = client.update_user(request.clone()).await.unwrap_err();
@@ -234,7 +313,13 @@ async fn update_user_rejects_bad_masks_and_values() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
-    let fetched = client.get_user(GetUserRequest { user_id: user.id.clone() }).await.unwrap().into_inner();
+    let fetched = client
+        .get_user(GetUserRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(fetched, user, "failed updates change nothing");
 }
 
@@ -242,14 +327,38 @@ async fn update_user_rejects_bad_masks_and_values() {
 async fn delete_user_removes_it_once() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let user = client.create_user(create_request("del")).await.unwrap().into_inner();
+    let user = client
+        .create_user(create_request("del"))
+        .await
+        .unwrap()
+        .into_inner();
 
-    client.delete_user(DeleteUserRequest { user_id: user.id.clone() }).await.unwrap();
-    let status = client.get_user(GetUserRequest { user_id: user.id.clone() }).await.unwrap_err();
+    client
+        .delete_user(DeleteUserRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap();
+    let status = client
+        .get_user(GetUserRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = client.delete_user(DeleteUserRequest { user_id: user.id.clone() }).await.unwrap_err();
+    let status = client
+        .delete_user(DeleteUserRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    let status = client.delete_user(DeleteUserRequest { user_id: "x".into() }).await.unwrap_err();
+    let status = client
+        .delete_user(DeleteUserRequest {
+            user_id: "x".into(),
+        })
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 
     // The email is free again.
@@ -267,35 +376,111 @@ async fn list_users_streams_in_id_order_with_size_and_resume_token() {
 
     let mut created = Vec::new();
     for i in 0..10 {
-        created.push(client.create_user(create_request(&format!("list{i}"))).await.unwrap().into_inner());
+        created.push(
+            client
+                .create_user(create_request(&format!("list{i}")))
+                .await
+                .unwrap()
+                .into_inner(),
+        );
     }
     let ids: Vec<String> = created.iter().map(|u| u.id.clone()).collect();
 
-    let all = list_all(&mut client, ListUsersRequest { page_size: 0, page_token: String::new() }).await.unwrap();
+    let all = list_all(
+        &mut client,
+        ListUsersRequest {
+            page_size: 0,
+            page_token: String::new(),
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(all.iter().map(|u| u.id.clone()).collect::<Vec<_>>(), ids);
 
-    let first = list_all(&mut client, ListUsersRequest { page_size: 4, page_token: String::new() }).await.unwrap();
+    let first = list_all(
+        &mut client,
+        ListUsersRequest {
+            page_size: 4,
+            page_token: String::new(),
+        },
+    )
+    .await
+    .unwrap();
     assert_eq!(first.len(), 4);
-    let rest = list_all(&mut client, ListUsersRequest { page_size: 0, page_token: first[3].id.clone() }).await.unwrap();
-    assert_eq!(rest.iter().map(|u| u.id.clone()).collect::<Vec<_>>(), ids[4..]);
+    let rest = list_all(
+        &mut client,
+        ListUsersRequest {
+            page_size: 0,
+            page_token: first[3].id.clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        rest.iter().map(|u| u.id.clone()).collect::<Vec<_>>(),
+        ids[4..]
+    );
 
-    let last = list_all(&mut client, ListUsersRequest { page_size: 5, page_token: ids[9].clone() }).await.unwrap();
+    let last = list_all(
+        &mut client,
+        ListUsersRequest {
+            page_size: 5,
+            page_token: ids[9].clone(),
+        },
+    )
+    .await
+    .unwrap();
     assert!(last.is_empty(), "nothing after the last id");
 
     // A token of a deleted user still resumes after it.
-    client.delete_user(DeleteUserRequest { user_id: ids[5].clone() }).await.unwrap();
-    let after_deleted = list_all(&mut client, ListUsersRequest { page_size: 2, page_token: ids[5].clone() }).await.unwrap();
-    assert_eq!(after_deleted.iter().map(|u| u.id.clone()).collect::<Vec<_>>(), ids[6..8]);
+    client
+        .delete_user(DeleteUserRequest {
+            user_id: ids[5].clone(),
+        })
+        .await
+        .unwrap();
+    let after_deleted = list_all(
+        &mut client,
+        ListUsersRequest {
+            page_size: 2,
+            page_token: ids[5].clone(),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        after_deleted
+            .iter()
+            .map(|u| u.id.clone())
+            .collect::<Vec<_>>(),
+        ids[6..8]
+    );
 }
 
 #[tokio::test]
 async fn list_users_rejects_bad_arguments() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let status = list_all(&mut client, ListUsersRequest { page_size: -1, page_token: String::new() }).await.unwrap_err();
+    let status = list_all(
+        &mut client,
+        ListUsersRequest {
+            page_size: -1,
+            page_token: String::new(),
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["page_size"]);
-    let status = list_all(&mut client, ListUsersRequest { page_size: 0, page_token: "garbage".into() }).await.unwrap_err();
+    let status = list_all(
+        &mut client,
+        ListUsersRequest {
+            page_size: 0,
+            page_token: "garbage".into(),
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
     assert_eq!(bad_fields(&status), ["page_token"]);
 }
@@ -305,20 +490,37 @@ async fn list_users_survives_a_client_that_goes_away() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
     for i in 0..5 {
-        client.create_user(create_request(&format!("gone{i}"))).await.unwrap();
+        client
+            .create_user(create_request(&format!("gone{i}")))
+            .await
+            .unwrap();
     }
-    let mut stream = client.list_users(ListUsersRequest::default()).await.unwrap().into_inner();
+    let mut stream = client
+        .list_users(ListUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(stream.next().await.unwrap().is_ok());
     drop(stream); // cancels the call (RST_STREAM)
-    let all = list_all(&mut client, ListUsersRequest::default()).await.unwrap();
-    assert_eq!(all.len(), 5, "the server keeps serving after a cancelled stream");
+    let all = list_all(&mut client, ListUsersRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        all.len(),
+        5,
+        "the server keeps serving after a cancelled stream"
+    );
 }
 
 #[tokio::test]
 async fn bulk_create_reports_failures_by_index_and_creates_the_rest() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let existing = client.create_user(create_request("bulk-existing")).await.unwrap().into_inner();
+    let existing = client
+        .create_user(create_request("bulk-existing"))
+        .await
+        .unwrap()
+        .into_inner();
 
     let good_a = create_request("bulk-a");
     let good_b = create_request("bulk-b");
@@ -326,7 +528,11 @@ async fn bulk_create_reports_failures_by_index_and_creates_the_rest() {
     dup_of_existing.email = existing.email.to_uppercase();
     let mut dup_in_stream = create_request("bulk-dup2");
     dup_in_stream.email = good_a.email.clone();
-    let bad = CreateUserRequest { email: "bad".into(), name: "Bad".into(), password: "correct horse".into() };
+    let bad = CreateUserRequest {
+        email: "bad".into(),
+        name: "Bad".into(),
+        password: "correct horse".into(),
+    };
     let items = vec![good_a, bad, dup_of_existing, good_b, dup_in_stream];
 
     let response: BulkCreateUsersResponse = client
@@ -336,14 +542,36 @@ async fn bulk_create_reports_failures_by_index_and_creates_the_rest() {
         .into_inner();
     assert_eq!(response.created_count, 2);
     assert_eq!(response.user_ids.len(), 2);
-    let errors: Vec<(i32, &str)> = response.errors.iter().map(|e| (e.index, e.code.as_str())).collect();
-    assert_eq!(errors, [(1, "INVALID_ARGUMENT"), (2, "ALREADY_EXISTS"), (4, "ALREADY_EXISTS")]);
-    assert!(response.errors[0].message.contains("email"), "{:?}", response.errors[0]);
+    let errors: Vec<(i32, &str)> = response
+        .errors
+        .iter()
+        .map(|e| (e.index, e.code.as_str()))
+        .collect();
+    assert_eq!(
+        errors,
+        [
+            (1, "INVALID_ARGUMENT"),
+            (2, "ALREADY_EXISTS"),
+            (4, "ALREADY_EXISTS")
+        ]
+    );
+    assert!(
+        response.errors[0].message.contains("email"),
+        "{:?}",
+        response.errors[0]
+    );
 
     for id in &response.user_ids {
-        client.get_user(GetUserRequest { user_id: id.clone() }).await.unwrap();
+        client
+            .get_user(GetUserRequest {
+                user_id: id.clone(),
+            })
+            .await
+            .unwrap();
     }
-    let all = list_all(&mut client, ListUsersRequest::default()).await.unwrap();
+    let all = list_all(&mut client, ListUsersRequest::default())
+        .await
+        .unwrap();
     assert_eq!(all.len(), 3);
 }
 
@@ -371,37 +599,100 @@ async fn bulk_create_stops_at_the_item_cap_and_says_so() {
 async fn user_updates_answers_each_request_as_it_arrives() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let a = client.create_user(create_request("bidi-a")).await.unwrap().into_inner();
-    let b = client.create_user(create_request("bidi-b")).await.unwrap().into_inner();
+    let a = client
+        .create_user(create_request("bidi-a"))
+        .await
+        .unwrap()
+        .into_inner();
+    let b = client
+        .create_user(create_request("bidi-b"))
+        .await
+        .unwrap()
+        .into_inner();
 
     let (tx, rx) = mpsc::channel(1);
-    let mut answers = client.user_updates(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut answers = client
+        .user_updates(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
 
     // Lock-step: each answer arrives while the request stream is still open.
-    tx.send(UpdateUserRequest { user_id: a.id.clone(), name: "Alpha".into(), status: 0, update_mask: None }).await.unwrap();
-    let first = tokio::time::timeout(Duration::from_secs(5), answers.next()).await.expect("answered before half-close").unwrap().unwrap();
-    assert_eq!((first.id.as_str(), first.name.as_str()), (a.id.as_str(), "Alpha"));
+    tx.send(UpdateUserRequest {
+        user_id: a.id.clone(),
+        name: "Alpha".into(),
+        status: 0,
+        update_mask: None,
+    })
+    .await
+    .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(5), answers.next())
+        .await
+        .expect("answered before half-close")
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (first.id.as_str(), first.name.as_str()),
+        (a.id.as_str(), "Alpha")
+    );
 
-    tx.send(UpdateUserRequest { user_id: b.id.clone(), name: String::new(), status: UserStatus::Inactive as i32, update_mask: mask(&["status"]) }).await.unwrap();
-    let second = tokio::time::timeout(Duration::from_secs(5), answers.next()).await.unwrap().unwrap().unwrap();
+    tx.send(UpdateUserRequest {
+        user_id: b.id.clone(),
+        name: String::new(),
+        status: UserStatus::Inactive as i32,
+        update_mask: mask(&["status"]),
+    })
+    .await
+    .unwrap();
+    let second = tokio::time::timeout(Duration::from_secs(5), answers.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(second.status, UserStatus::Inactive as i32);
 
     drop(tx);
-    assert!(answers.next().await.is_none(), "ends cleanly after half-close");
+    assert!(
+        answers.next().await.is_none(),
+        "ends cleanly after half-close"
+    );
 }
 
 #[tokio::test]
 async fn user_updates_ends_at_the_first_failure_keeping_earlier_updates() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let a = client.create_user(create_request("bidi-fail")).await.unwrap().into_inner();
+    let a = client
+        .create_user(create_request("bidi-fail"))
+        .await
+        .unwrap()
+        .into_inner();
 
     let requests = vec![
-        UpdateUserRequest { user_id: a.id.clone(), name: "Applied".into(), status: 0, update_mask: None },
-        UpdateUserRequest { user_id: a.id.clone(), name: String::new(), status: 0, update_mask: mask(&["bogus"]) },
-        UpdateUserRequest { user_id: a.id.clone(), name: "Never".into(), status: 0, update_mask: None },
+        UpdateUserRequest {
+            user_id: a.id.clone(),
+            name: "Applied".into(),
+            status: 0,
+            update_mask: None,
+        },
+        UpdateUserRequest {
+            user_id: a.id.clone(),
+            name: String::new(),
+            status: 0,
+            update_mask: mask(&["bogus"]),
+        },
+        UpdateUserRequest {
+            user_id: a.id.clone(),
+            name: "Never".into(),
+            status: 0,
+            update_mask: None,
+        },
     ];
-    let mut answers = client.user_updates(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+    let mut answers = client
+        .user_updates(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(answers.next().await.unwrap().unwrap().name, "Applied");
     let status = answers.next().await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
@@ -409,38 +700,100 @@ async fn user_updates_ends_at_the_first_failure_keeping_earlier_updates() {
     assert_eq!(bad_fields(&status), ["update_mask"]);
     assert!(answers.next().await.is_none());
 
-    let fetched = client.get_user(GetUserRequest { user_id: a.id.clone() }).await.unwrap().into_inner();
-    assert_eq!(fetched.name, "Applied", "earlier updates stay, later ones never ran");
+    let fetched = client
+        .get_user(GetUserRequest {
+            user_id: a.id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        fetched.name, "Applied",
+        "earlier updates stay, later ones never ran"
+    );
 
     // NOT_FOUND also names the index.
-    let requests = vec![UpdateUserRequest { user_id: uuid::Uuid::now_v7().to_string(), name: "X".into(), status: 0, update_mask: None }];
-    let mut answers = client.user_updates(futures_util::stream::iter(requests)).await.unwrap().into_inner();
+    let requests = vec![UpdateUserRequest {
+        user_id: uuid::Uuid::now_v7().to_string(),
+        name: "X".into(),
+        status: 0,
+        update_mask: None,
+    }];
+    let mut answers = client
+        .user_updates(futures_util::stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
     let status = answers.next().await.unwrap().unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    assert!(status.message().starts_with("item 0"), "{}", status.message());
+    assert!(
+        status.message().starts_with("item 0"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
 async fn watch_users_sees_changes_after_it_is_live_in_order() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let before = client.create_user(create_request("before-watch")).await.unwrap().into_inner();
+    let before = client
+        .create_user(create_request("before-watch"))
+        .await
+        .unwrap()
+        .into_inner();
 
     // The call returns when the response headers arrive: the subscription is live.
-    let mut events = client.watch_users(WatchUsersRequest::default()).await.unwrap().into_inner();
+    let mut events = client
+        .watch_users(WatchUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
 
-    let user = client.create_user(create_request("watched")).await.unwrap().into_inner();
-    client.update_user(UpdateUserRequest { user_id: user.id.clone(), name: "Renamed".into(), status: 0, update_mask: None }).await.unwrap();
-    client.delete_user(DeleteUserRequest { user_id: user.id.clone() }).await.unwrap();
+    let user = client
+        .create_user(create_request("watched"))
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .update_user(UpdateUserRequest {
+            user_id: user.id.clone(),
+            name: "Renamed".into(),
+            status: 0,
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    client
+        .delete_user(DeleteUserRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap();
 
     let mut got = Vec::new();
     for _ in 0..3 {
-        let event = tokio::time::timeout(Duration::from_secs(5), events.next()).await.expect("event").unwrap().unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("event")
+            .unwrap()
+            .unwrap();
         got.push(event);
     }
     let kinds: Vec<i32> = got.iter().map(|e| e.r#type).collect();
-    assert_eq!(kinds, [UserEventType::Created as i32, UserEventType::Updated as i32, UserEventType::Deleted as i32]);
-    assert!(got.iter().all(|e| e.user.as_ref().unwrap().id == user.id), "nothing from before the subscription ({})", before.id);
+    assert_eq!(
+        kinds,
+        [
+            UserEventType::Created as i32,
+            UserEventType::Updated as i32,
+            UserEventType::Deleted as i32
+        ]
+    );
+    assert!(
+        got.iter().all(|e| e.user.as_ref().unwrap().id == user.id),
+        "nothing from before the subscription ({})",
+        before.id
+    );
     assert_eq!(got[1].user.as_ref().unwrap().name, "Renamed");
     assert!(got.iter().all(|e| e.occurred_at.is_some()));
 }
@@ -449,21 +802,57 @@ async fn watch_users_sees_changes_after_it_is_live_in_order() {
 async fn watch_users_filters_by_id_and_validates_ids() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let watched = client.create_user(create_request("w1")).await.unwrap().into_inner();
-    let other = client.create_user(create_request("w2")).await.unwrap().into_inner();
-
-    let mut events = client
-        .watch_users(WatchUsersRequest { user_ids: vec![watched.id.clone()] })
+    let watched = client
+        .create_user(create_request("w1"))
         .await
         .unwrap()
         .into_inner();
-    client.update_user(UpdateUserRequest { user_id: other.id.clone(), name: "Other".into(), status: 0, update_mask: None }).await.unwrap();
-    client.update_user(UpdateUserRequest { user_id: watched.id.clone(), name: "Mine".into(), status: 0, update_mask: None }).await.unwrap();
-    let event = tokio::time::timeout(Duration::from_secs(5), events.next()).await.unwrap().unwrap().unwrap();
-    assert_eq!(event.user.unwrap().name, "Mine", "the other user's change was filtered out");
+    let other = client
+        .create_user(create_request("w2"))
+        .await
+        .unwrap()
+        .into_inner();
+
+    let mut events = client
+        .watch_users(WatchUsersRequest {
+            user_ids: vec![watched.id.clone()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .update_user(UpdateUserRequest {
+            user_id: other.id.clone(),
+            name: "Other".into(),
+            status: 0,
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    client
+        .update_user(UpdateUserRequest {
+            user_id: watched.id.clone(),
+            name: "Mine".into(),
+            status: 0,
+            update_mask: None,
+        })
+        .await
+        .unwrap();
+    let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        event.user.unwrap().name,
+        "Mine",
+        "the other user's change was filtered out"
+    );
 
     let status = client
-        .watch_users(WatchUsersRequest { user_ids: vec![watched.id.clone(), "bad".into()] })
+        .watch_users(WatchUsersRequest {
+            user_ids: vec![watched.id.clone(), "bad".into()],
+        })
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);

@@ -19,10 +19,15 @@ async fn the_client_library_maps_errors_to_typed_variants() {
     .unwrap();
 
     let address = email("lib");
-    let user = client.create_user(&address, "Lib", "correct horse battery").await.unwrap();
+    let user = client
+        .create_user(&address, "Lib", "correct horse battery")
+        .await
+        .unwrap();
     assert_eq!(client.get_user(&user.id).await.unwrap(), user);
     assert!(matches!(
-        client.create_user(&address, "Again", "correct horse battery").await,
+        client
+            .create_user(&address, "Again", "correct horse battery")
+            .await,
         Err(ClientError::AlreadyExists(_))
     ));
     match client.create_user("bad", "", "x").await {
@@ -32,10 +37,18 @@ async fn the_client_library_maps_errors_to_typed_variants() {
         }
         other => panic!("{other:?}"),
     }
-    let users: Vec<_> = client.list_users(0, "", Duration::from_secs(5)).await.unwrap().collect().await;
+    let users: Vec<_> = client
+        .list_users(0, "", Duration::from_secs(5))
+        .await
+        .unwrap()
+        .collect()
+        .await;
     assert_eq!(users.len(), 1);
     client.delete_user(&user.id).await.unwrap();
-    assert!(matches!(client.get_user(&user.id).await, Err(ClientError::NotFound(_))));
+    assert!(matches!(
+        client.get_user(&user.id).await,
+        Err(ClientError::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -63,9 +76,15 @@ async fn userctl(addr: &str, args: &[&str], stdin: Option<&str>) -> (bool, Strin
         .spawn()
         .unwrap();
     let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.unwrap_or("").as_bytes()).await.unwrap();
+    input
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .await
+        .unwrap();
     drop(input);
-    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output()).await.unwrap().unwrap();
+    let output = tokio::time::timeout(Duration::from_secs(20), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
     (
         output.status.success(),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -79,7 +98,12 @@ async fn userctl_drives_every_unary_call_and_list() {
     let addr = format!("http://{}", app.grpc_addr);
     let address = email("ctl");
 
-    let (ok, out, err) = userctl(&addr, &["create", "--email", &address, "--name", "Ctl"], Some("correct horse battery\n")).await;
+    let (ok, out, err) = userctl(
+        &addr,
+        &["create", "--email", &address, "--name", "Ctl"],
+        Some("correct horse battery\n"),
+    )
+    .await;
     assert!(ok, "{err}");
     let user: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(user["status"], "USER_STATUS_ACTIVE");
@@ -100,8 +124,16 @@ async fn userctl_drives_every_unary_call_and_list() {
     assert!(!ok);
     assert!(err.contains("not found"), "{err}");
 
-    let (ok, _, err) = userctl(&addr, &["create", "--email", "nope", "--name", "X"], Some("short\n")).await;
+    let (ok, _, err) = userctl(
+        &addr,
+        &["create", "--email", "nope", "--name", "X"],
+        Some("short\n"),
+    )
+    .await;
     assert!(!ok);
     assert!(err.contains("email") && err.contains("password"), "{err}");
-    assert!(!err.contains("short"), "the password is never echoed: {err}");
+    assert!(
+        !err.contains("short"),
+        "the password is never echoed: {err}"
+    );
 }

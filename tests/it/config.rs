@@ -6,7 +6,12 @@ use std::{collections::HashMap, io::Write, process::Command, time::Duration};
 use user_service::config::{ConfigError, LogFormat, Settings, Sources};
 
 fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
-    Some(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
 }
 
 fn toml_file(text: &str) -> tempfile::NamedTempFile {
@@ -15,7 +20,11 @@ fn toml_file(text: &str) -> tempfile::NamedTempFile {
     file
 }
 
-fn load(file: Option<&tempfile::NamedTempFile>, env_vars: &[(&str, &str)], overrides: Vec<(&'static str, String)>) -> Result<Settings, ConfigError> {
+fn load(
+    file: Option<&tempfile::NamedTempFile>,
+    env_vars: &[(&str, &str)],
+    overrides: Vec<(&'static str, String)>,
+) -> Result<Settings, ConfigError> {
     Settings::load(Sources {
         file: file.map(|f| f.path()),
         env: env(env_vars),
@@ -64,13 +73,25 @@ fn file_overrides_defaults_env_overrides_file_flags_override_env() {
     ];
     let s = load(Some(&file), &env_vars, vec![]).unwrap();
     assert_eq!(s.grpc.addr.to_string(), "127.0.0.1:7000", "env beats file");
-    assert_eq!(s.admin.addr.to_string(), "127.0.0.1:6001", "file beats defaults");
+    assert_eq!(
+        s.admin.addr.to_string(),
+        "127.0.0.1:6001",
+        "file beats defaults"
+    );
     assert_eq!(s.shutdown.drain_delay, Duration::from_secs(2));
     assert_eq!(s.log.format, LogFormat::Json);
     assert_eq!(s.limits.bulk_max_items, 7);
     assert_eq!(s.log.level, "debug");
 
-    let s = load(Some(&file), &env_vars, vec![("grpc.addr", "127.0.0.1:8000".into()), ("log.level", "warn".into())]).unwrap();
+    let s = load(
+        Some(&file),
+        &env_vars,
+        vec![
+            ("grpc.addr", "127.0.0.1:8000".into()),
+            ("log.level", "warn".into()),
+        ],
+    )
+    .unwrap();
     assert_eq!(s.grpc.addr.to_string(), "127.0.0.1:8000", "flags beat env");
     assert_eq!(s.log.level, "warn");
 }
@@ -81,22 +102,51 @@ fn error_text(result: Result<Settings, ConfigError>) -> String {
 
 #[test]
 fn bad_values_name_the_key_and_what_was_expected() {
-    let text = error_text(load(None, &[("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "soon")], vec![]));
-    assert!(text.contains("shutdown.drain_delay") && text.contains("250ms"), "{text}");
+    let text = error_text(load(
+        None,
+        &[("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "soon")],
+        vec![],
+    ));
+    assert!(
+        text.contains("shutdown.drain_delay") && text.contains("250ms"),
+        "{text}"
+    );
 
-    let text = error_text(load(None, &[("USER_SERVICE__STORE__URL", "mysql://x")], vec![]));
-    assert!(text.contains("store.url") && text.contains("postgres://"), "{text}");
+    let text = error_text(load(
+        None,
+        &[("USER_SERVICE__STORE__URL", "mysql://x")],
+        vec![],
+    ));
+    assert!(
+        text.contains("store.url") && text.contains("postgres://"),
+        "{text}"
+    );
 
-    let text = error_text(load(None, &[], vec![("grpc.addr", "localhost:nope".into())]));
+    let text = error_text(load(
+        None,
+        &[],
+        vec![("grpc.addr", "localhost:nope".into())],
+    ));
     assert!(text.contains("grpc.addr"), "{text}");
 
     let text = error_text(load(None, &[("USER_SERVICE__LOG__FORMAT", "xml")], vec![]));
-    assert!(text.contains("log.format") && text.contains("json"), "{text}");
+    assert!(
+        text.contains("log.format") && text.contains("json"),
+        "{text}"
+    );
 
-    let text = error_text(load(None, &[("USER_SERVICE__LIMITS__BULK_MAX_ITEMS", "0")], vec![]));
+    let text = error_text(load(
+        None,
+        &[("USER_SERVICE__LIMITS__BULK_MAX_ITEMS", "0")],
+        vec![],
+    ));
     assert!(text.contains("limits.bulk_max_items"), "{text}");
 
-    let text = error_text(load(None, &[("USER_SERVICE__SHUTDOWN__TIMEOUT", "0s")], vec![]));
+    let text = error_text(load(
+        None,
+        &[("USER_SERVICE__SHUTDOWN__TIMEOUT", "0s")],
+        vec![],
+    ));
     assert!(text.contains("shutdown.timeout"), "{text}");
 }
 
@@ -138,19 +188,28 @@ fn assert_one_clear_line(output: &std::process::Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains(needle), "{stderr}");
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn the_binary_exits_with_one_line_on_bad_configuration() {
-    let missing = binary().args(["--config", "/definitely/missing.toml"]).output().unwrap();
+    let missing = binary()
+        .args(["--config", "/definitely/missing.toml"])
+        .output()
+        .unwrap();
     assert_one_clear_line(&missing, "/definitely/missing.toml");
 
     let file = toml_file("[shutdown]\ntimeout = \"forever\"\n");
     let bad_value = binary().arg("--config").arg(file.path()).output().unwrap();
     assert_one_clear_line(&bad_value, "shutdown.timeout");
 
-    let bad_env = binary().env("USER_SERVICE__STORE__URL", "redis://cache").output().unwrap();
+    let bad_env = binary()
+        .env("USER_SERVICE__STORE__URL", "redis://cache")
+        .output()
+        .unwrap();
     assert_one_clear_line(&bad_env, "store.url");
 }
 
@@ -158,13 +217,19 @@ fn the_binary_exits_with_one_line_on_bad_configuration() {
 fn print_config_shows_the_effective_settings_with_secrets_redacted() {
     let output = binary()
         .args(["--print-config", "--grpc-addr", "127.0.0.1:9999"])
-        .env("USER_SERVICE__STORE__URL", "postgres://app:hunter2secret@db:5432/users")
+        .env(
+            "USER_SERVICE__STORE__URL",
+            "postgres://app:hunter2secret@db:5432/users",
+        )
         .output()
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("127.0.0.1:9999"), "{stdout}");
-    assert!(stdout.contains("postgres://app:***@db:5432/users"), "{stdout}");
+    assert!(
+        stdout.contains("postgres://app:***@db:5432/users"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("hunter2secret"));
     // What it prints is itself a valid config file.
     let file = toml_file(&stdout);
@@ -177,7 +242,14 @@ fn help_documents_flags_and_the_environment_scheme() {
     let output = binary().arg("--help").output().unwrap();
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
-    for needle in ["--config", "--grpc-addr", "--store-url", "--print-config", "USER_SERVICE__", "migrate"] {
+    for needle in [
+        "--config",
+        "--grpc-addr",
+        "--store-url",
+        "--print-config",
+        "USER_SERVICE__",
+        "migrate",
+    ] {
         assert!(help.contains(needle), "{needle} missing from --help");
     }
 }
@@ -185,7 +257,12 @@ fn help_documents_flags_and_the_environment_scheme() {
 #[test]
 fn the_example_config_lists_every_key_with_its_default() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
-    let example = Settings::load(Sources { file: Some(&path), env: env(&[]), overrides: vec![] }).unwrap();
+    let example = Settings::load(Sources {
+        file: Some(&path),
+        env: env(&[]),
+        overrides: vec![],
+    })
+    .unwrap();
     let mut defaults = Settings::default();
     // The one default that depends on the machine.
     defaults.limits.password_hash_concurrency = 2;
@@ -195,6 +272,9 @@ fn the_example_config_lists_every_key_with_its_default() {
     let rendered = Settings::default().to_redacted_toml();
     for line in rendered.lines().filter(|l| l.contains(" = ")) {
         let key = line.split(" = ").next().unwrap();
-        assert!(text.contains(&format!("{key} = ")), "{key} is not documented in config/example.toml");
+        assert!(
+            text.contains(&format!("{key} = ")),
+            "{key} is not documented in config/example.toml"
+        );
     }
 }

@@ -51,7 +51,9 @@ pub async fn spawn_app_with(settings: Settings) -> TestApp {
 
 /// Starts a server on a store the caller owns (e.g. shared by two servers).
 pub async fn spawn_app_on(settings: Settings, store: Arc<dyn UserStore>) -> TestApp {
-    let server = Server::bind_with_store(settings, store).await.expect("bind");
+    let server = Server::bind_with_store(settings, store)
+        .await
+        .expect("bind");
     start(server).await
 }
 
@@ -146,7 +148,10 @@ pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
         let text = String::from_utf8_lossy(&raw).into_owned();
         let (head, body) = text.split_once("\r\n\r\n")?;
         let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        let body = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             dechunk(body)
         } else {
             body.to_owned()
@@ -162,7 +167,9 @@ pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
 fn dechunk(mut body: &str) -> String {
     let mut out = String::new();
     while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else { break };
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
         if size == 0 || rest.len() < size {
             break;
         }
