@@ -220,7 +220,7 @@ pub struct LimitSettings {
 impl Default for LimitSettings {
     fn default() -> Self {
         Self {
-            bulk_max_items: 10_000,
+            bulk_max_items: 1_000,
             list_batch: 256,
             password_hash_concurrency: std::thread::available_parallelism()
                 .map(usize::from)
