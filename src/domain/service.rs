@@ -286,6 +286,36 @@ fn patch_from(request: &UpdateUser) -> Result<UserPatch, ValidationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_so() {
+        let service = UserService::new(
+            Arc::new(MemoryStore::new(2)),
+            PasswordHasher::new(1),
+            UserServiceLimits {
+                list_batch: 10,
+                bulk_max_items: 10,
+            },
+        );
+        let mut events = Box::pin(service.watch(&[]).unwrap());
+        for i in 0..5 {
+            service
+                .create(
+                    &format!("lag{i}@example.com"),
+                    "Lag",
+                    "correct horse".into(),
+                )
+                .await
+                .unwrap();
+        }
+        match events.next().await {
+            Some(Err(DomainError::Overloaded(message))) => {
+                assert!(message.contains("behind"), "{message}")
+            }
+            other => panic!("expected a lag error, got {other:?}"),
+        }
+    }
 
     fn update(name: &str, status: RequestedStatus, paths: &[&str]) -> UpdateUser {
         UpdateUser {
