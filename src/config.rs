@@ -205,7 +205,6 @@ pub struct TelemetrySettings {
     pub trace_health_checks: bool,
 }
 
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LimitSettings {
