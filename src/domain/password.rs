@@ -117,8 +117,9 @@ impl PasswordHasher {
 
 fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
     let argon2 = Argon2::default();
-    // Allocated once per thread and reused: see the type's doc comment.
-    let mut blocks = vec![Block::default(); argon2.params().block_count()];
+    // Allocated on the first job (an idle service keeps no 19 MiB per
+    // thread), then reused: see the type's doc comment.
+    let mut blocks: Vec<Block> = Vec::new();
     loop {
         // One idle worker waits on the channel, the others on the lock.
         let next = match queue.lock() {
@@ -129,6 +130,7 @@ fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
         if job.reply.is_closed() {
             continue;
         }
+        blocks.resize(argon2.params().block_count(), Block::default());
         let hashed = hash_with(&argon2, &mut blocks, job.password.0.as_bytes())
             .map_err(|e| DomainError::Internal(format!("password hashing failed: {e}")));
         let _ = job.reply.send(hashed);
