@@ -1,29 +1,61 @@
 //! The admin HTTP listener: probes and metrics for Kubernetes and
 //! Prometheus, kept off the gRPC port so they work without a gRPC client.
 
-use axum::{extract::State, http::StatusCode, routing::get, Router};
+use std::sync::Arc;
 
-use crate::health::Health;
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::IntoResponse,
+    routing::get,
+    Router,
+};
 
-pub fn router(health: Health) -> Router {
+use crate::{
+    health::Health,
+    store::{record_pool_stats, UserStore},
+    telemetry,
+};
+
+/// The Prometheus text exposition format version we render.
+pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+struct AdminState {
+    health: Health,
+    store: Arc<dyn UserStore>,
+}
+
+pub fn router(health: Health, store: Arc<dyn UserStore>) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .with_state(health)
+        .route("/metrics", get(metrics))
+        .with_state(AdminState { health, store })
 }
 
-async fn livez(State(health): State<Health>) -> (StatusCode, &'static str) {
-    if health.is_live() {
+async fn livez(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if state.health.is_live() {
         (StatusCode::OK, "ok\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not live\n")
     }
 }
 
-async fn readyz(State(health): State<Health>) -> (StatusCode, &'static str) {
-    if health.is_ready() {
+async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
+    if state.health.is_ready() {
         (StatusCode::OK, "ready\n")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
     }
+}
+
+/// Everything the recorder holds plus the process metrics, sampled now.
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    record_pool_stats(state.store.as_ref());
+    let mut body = telemetry::metrics::install()
+        .map(|handle| handle.render())
+        .unwrap_or_default();
+    body.push_str(&telemetry::process::render());
+    ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
 }

@@ -34,11 +34,14 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        telemetry::init(&settings.log);
-        match cli.command.unwrap_or(Command::Serve) {
+        let telemetry = telemetry::init(&settings.log, &settings.telemetry);
+        let result = match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => app::serve(settings).await,
             Command::Migrate => app::migrate(settings).await,
-        }
+        };
+        // After the server has drained: flush the spans of the last calls.
+        telemetry.shutdown(telemetry::FLUSH_TIMEOUT).await;
+        result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,10 +12,12 @@ use crate::{
     admin,
     config::Settings,
     domain::{PasswordHasher, UserService, UserServiceLimits},
+    grpc::layers::{self, LayerOptions},
     grpc::UserGrpc,
     health::Health,
     pb,
-    store::{self, StoreError, UserStore},
+    store::{self, InstrumentedStore, StoreError, UserStore},
+    telemetry,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -56,6 +58,10 @@ impl Server {
         settings: Settings,
         store: Arc<dyn UserStore>,
     ) -> Result<Self, ServerError> {
+        // Every store is observed (spans, latency); the recorder must exist
+        // before the first metric handle is taken.
+        let _ = telemetry::metrics::install();
+        let store = InstrumentedStore::wrap(store);
         let grpc_listener = bind("gRPC", settings.grpc.addr).await?;
         let admin_listener = bind("admin", settings.admin.addr).await?;
         Ok(Self {
@@ -98,6 +104,7 @@ impl Server {
         let (aborting_tx, aborting) = watch::channel(false);
         let (stopped_tx, stopped) = watch::channel(false);
 
+        let upkeep = telemetry::metrics::spawn_upkeep(stopped.clone());
         let monitor = tokio::spawn(health.clone().monitor(
             Arc::clone(&store),
             settings.health.check_interval,
@@ -105,6 +112,7 @@ impl Server {
             stopped.clone(),
         ));
 
+        let admin_store = Arc::clone(&store);
         let users = UserService::new(
             store,
             PasswordHasher::new(settings.limits.password_hash_concurrency),
@@ -115,7 +123,7 @@ impl Server {
         );
         let grpc = UserGrpc::new(users, draining.clone(), aborting);
         let grpc_task = spawn_grpc(&settings, grpc_listener, grpc, health_service, draining)?;
-        let admin_task = spawn_admin(admin_listener, health.clone(), stopped.clone());
+        let admin_task = spawn_admin(admin_listener, health.clone(), admin_store, stopped.clone());
         tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, "serving");
 
         let mut grpc_task = grpc_task;
@@ -125,6 +133,7 @@ impl Server {
                 // The server ended without being asked to: a fatal error.
                 let _ = stopped_tx.send(true);
                 let _ = monitor.await;
+                let _ = upkeep.await;
                 return match result {
                     Ok(Ok(())) => Err(ServerError::Grpc("server stopped unexpectedly".into())),
                     Ok(Err(err)) => Err(err),
@@ -163,6 +172,7 @@ impl Server {
         let _ = stopped_tx.send(true);
         let _ = admin_task.await;
         let _ = monitor.await;
+        let _ = upkeep.await;
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -207,6 +217,12 @@ fn spawn_grpc(
 
     let router = tonic::transport::Server::builder()
         .timeout(g.default_timeout)
+        // Metrics, the server span and the `finished call` log line for
+        // every service, built in one place.
+        .layer(layers::layer(LayerOptions {
+            trace_health_checks: settings.telemetry.trace_health_checks,
+            default_timeout: g.default_timeout,
+        }))
         .max_concurrent_streams(g.max_concurrent_streams)
         .max_connection_age(max_age)
         .max_connection_age_grace(g.max_connection_age_grace)
@@ -231,9 +247,10 @@ fn spawn_grpc(
 fn spawn_admin(
     listener: TcpListener,
     health: Health,
+    store: Arc<dyn UserStore>,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let app = admin::router(health);
+    let app = admin::router(health, store);
     tokio::spawn(async move {
         let stop = async move {
             let _ = stopped.wait_for(|s| *s).await;

@@ -2,6 +2,7 @@
 //! mapping and stream bounds. Wire types do not travel past this module.
 
 mod convert;
+pub mod layers;
 mod service;
 mod status;
 mod streams;

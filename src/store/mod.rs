@@ -1,6 +1,7 @@
 //! Persistence behind one trait, so the rest of the service does not care
 //! whether users live in memory or in PostgreSQL.
 
+mod instrumented;
 mod memory;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::{
     domain::{NewUser, User, UserEvent, UserId, UserPatch},
 };
 
+pub use instrumented::{record_pool_stats, InstrumentedStore};
 pub use memory::MemoryStore;
 
 /// Why a store operation failed. Stores translate their own errors into

@@ -1,39 +1,240 @@
-//! Logging (and, with the observability work, traces and metrics) set up
-//! once at startup and flushed once at shutdown.
+//! Logs, traces and metrics: set up once at startup, flushed once at
+//! shutdown.
+//!
+//! - Logs: `tracing-subscriber`, text for terminals or JSON lines carrying
+//!   the OpenTelemetry trace and span ids ([`json`]).
+//! - Traces: an OpenTelemetry tracer provider fed by `tracing-opentelemetry`,
+//!   which only sees this crate's spans (never h2, hyper, tower or tonic
+//!   internals). With no OTLP endpoint configured nothing is exported, but
+//!   spans still get real trace ids so logs can be correlated.
+//! - Metrics: the process-wide Prometheus recorder ([`metrics`]) and the
+//!   process metrics read at scrape time ([`process`]).
 
-use tracing_subscriber::{fmt, prelude::*, EnvFilter};
+pub mod json;
+pub mod metrics;
+pub mod process;
 
-use crate::config::{LogFormat, LogSettings};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-/// Installs the global subscriber. `RUST_LOG`, when set, wins over
-/// `log.level`. Transport crates are capped at `warn` unless a directive
-/// names them, so `debug` stays readable.
-pub fn init(log: &LogSettings) {
+use opentelemetry::{trace::TracerProvider as _, KeyValue};
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::{
+    error::OTelSdkResult,
+    resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector},
+    trace::{SdkTracerProvider, SpanData, SpanExporter},
+    Resource,
+};
+use tracing_subscriber::{filter::Targets, fmt, prelude::*, EnvFilter};
+
+use crate::config::{LogFormat, LogSettings, TelemetrySettings};
+
+/// The default `service.name` (`OTEL_SERVICE_NAME` and
+/// `OTEL_RESOURCE_ATTRIBUTES` win).
+pub const SERVICE_NAME: &str = "user-service";
+
+/// How long shutdown waits for buffered spans to reach the collector.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// At most one "cannot export spans" warning per this interval.
+const EXPORT_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+
+/// What must be flushed at exit. Dropping it without [`Telemetry::shutdown`]
+/// loses the spans still buffered.
+#[must_use = "call shutdown() before exiting, or buffered spans are lost"]
+pub struct Telemetry {
+    provider: SdkTracerProvider,
+}
+
+impl Telemetry {
+    /// Flushes buffered spans and stops the exporter, waiting at most
+    /// `budget`. The SDK's shutdown blocks its caller until the batch thread
+    /// is done, which can deadlock a small runtime if done in place: it
+    /// runs on the blocking pool instead.
+    pub async fn shutdown(self, budget: Duration) {
+        let provider = self.provider;
+        let flush = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(budget));
+        // A little extra so the SDK's own timeout fires first.
+        match tokio::time::timeout(budget + Duration::from_millis(250), flush).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "trace exporter shutdown"),
+            Ok(Err(join)) => tracing::warn!(error = %join, "trace exporter shutdown task"),
+            Err(_) => tracing::warn!(?budget, "trace exporter did not flush in time"),
+        }
+    }
+}
+
+/// Installs the global subscriber and the tracer provider. `RUST_LOG`, when
+/// set, wins over `log.level`. Transport crates are capped at `warn` unless
+/// a directive names them, so `debug` stays readable.
+///
+/// Must run inside the Tokio runtime (the OTLP client spawns its connection
+/// task there). Never blocks on, or fails because of, the collector.
+pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
+    let (provider, exporter_error) = tracer_provider(telemetry);
+
     let directives = std::env::var("RUST_LOG")
         .ok()
         .filter(|v| !v.trim().is_empty())
         .unwrap_or_else(|| log.level.clone());
-    let filter = EnvFilter::try_new(with_quiet_transport(&directives))
+    let log_filter = EnvFilter::try_new(with_quiet_transport(&directives))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
+    // Only our spans become OpenTelemetry spans, whatever the log level.
+    let otel_layer = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer(SERVICE_NAME))
+        .with_location(false)
+        .with_threads(false)
+        .with_level(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
+        .with_filter(Targets::new().with_target("user_service", tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(otel_layer);
     let result = match log.format {
-        LogFormat::Text => registry.with(fmt::layer().with_target(true)).try_init(),
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(false),
-            )
+        LogFormat::Text => registry
+            .with(fmt::layer().with_target(true).with_filter(log_filter))
             .try_init(),
+        LogFormat::Json => {
+            let format = json::JsonFormat::new();
+            registry
+                .with(format.dispatch_layer())
+                .with(fmt::layer().event_format(format).with_filter(log_filter))
+                .try_init()
+        }
     };
-    // Already installed (tests start several servers in one process).
+    // Already installed: tests may call this more than once per process.
     let _ = result;
+    if let Some(err) = exporter_error {
+        tracing::warn!(error = %err, "cannot build the OTLP trace exporter; traces are not exported");
+    }
+    Telemetry { provider }
+}
+
+/// The tracer provider: exporting over OTLP/gRPC when an endpoint is
+/// configured, otherwise only minting ids. The sampler comes from
+/// `OTEL_TRACES_SAMPLER`/`_ARG` (default: parent-based always-on) and the
+/// batch settings from `OTEL_BSP_*`, both read by the SDK.
+fn tracer_provider(settings: &TelemetrySettings) -> (SdkTracerProvider, Option<String>) {
+    let mut builder = SdkTracerProvider::builder().with_resource(resource());
+    let configured = settings
+        .otlp_endpoint
+        .as_deref()
+        .map(str::trim)
+        .filter(|e| !e.is_empty());
+    let from_env = [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()));
+    let mut error = None;
+    if configured.is_some() || from_env {
+        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
+        if let Some(endpoint) = configured {
+            // Set in code it would override the environment, so only when
+            // the setting is present.
+            exporter = exporter.with_endpoint(endpoint);
+        }
+        // The channel connects lazily: an absent collector costs nothing
+        // here, only failed (and warned about) exports later.
+        match exporter.build() {
+            Ok(exporter) => builder = builder.with_batch_exporter(WarnOnFailure::new(exporter)),
+            Err(err) => error = Some(err.to_string()),
+        }
+    }
+    (builder.build(), error)
+}
+
+/// `service.name` = `OTEL_SERVICE_NAME`, else `service.name` from
+/// `OTEL_RESOURCE_ATTRIBUTES`, else `user-service`; plus `service.version`
+/// and the SDK's own attributes.
+fn resource() -> Resource {
+    let mut builder = Resource::builder_empty()
+        .with_service_name(SERVICE_NAME)
+        .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    let detectors: [Box<dyn ResourceDetector>; 2] = [
+        Box::new(TelemetryResourceDetector),
+        Box::new(EnvResourceDetector::new()),
+    ];
+    builder = builder.with_detectors(&detectors);
+    if let Some(name) = std::env::var("OTEL_SERVICE_NAME")
+        .ok()
+        .filter(|n| !n.trim().is_empty())
+    {
+        builder = builder.with_service_name(name);
+    }
+    builder.build()
+}
+
+/// Wraps the exporter to say, at most once a minute, that spans are being
+/// dropped. The batch queue is bounded (`OTEL_BSP_MAX_QUEUE_SIZE`), so an
+/// unreachable collector costs bounded memory and this one warning.
+#[derive(Debug)]
+struct WarnOnFailure<E> {
+    inner: E,
+    last_warning: Arc<AtomicU64>,
+}
+
+impl<E> WarnOnFailure<E> {
+    fn new(inner: E) -> Self {
+        Self {
+            inner,
+            last_warning: Arc::new(AtomicU64::new(0)),
+        }
+    }
+}
+
+impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        if let Err(err) = &result {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let last = self.last_warning.load(Ordering::Relaxed);
+            if now.saturating_sub(last) >= EXPORT_WARNING_INTERVAL.as_secs()
+                && self
+                    .last_warning
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(error = %err, spans, "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)");
+            }
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
 }
 
 fn with_quiet_transport(directives: &str) -> String {
     let mut out = directives.to_owned();
-    for noisy in ["h2", "hyper", "hyper_util", "tower", "tonic", "axum"] {
+    for noisy in [
+        "h2",
+        "hyper",
+        "hyper_util",
+        "tower",
+        "tonic",
+        "axum",
+        "opentelemetry",
+        "opentelemetry_sdk",
+        "opentelemetry_otlp",
+    ] {
         if !directives.contains(noisy) {
             out.push_str(&format!(",{noisy}=warn"));
         }

@@ -8,5 +8,6 @@ mod api;
 mod client;
 mod config;
 mod health;
+mod observability;
 mod shutdown;
 mod tools;

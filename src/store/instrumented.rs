@@ -1,0 +1,255 @@
+//! A [`UserStore`] decorator adding a child span and a latency sample to
+//! every operation, whatever the backend. `Server` wraps every store in it.
+
+use std::{sync::Arc, time::Instant};
+
+use async_trait::async_trait;
+use metrics::Histogram;
+use time::OffsetDateTime;
+use tokio::sync::broadcast;
+use tracing::Instrument;
+
+use super::{PoolStats, StoreError, UserStore};
+use crate::{
+    domain::{NewUser, User, UserEvent, UserId, UserPatch},
+    telemetry::metrics as names,
+};
+
+#[derive(Debug, Clone, Copy)]
+enum Op {
+    Create,
+    Get,
+    Update,
+    Delete,
+    ListAfter,
+    Check,
+}
+
+const OPS: [Op; 6] = [
+    Op::Create,
+    Op::Get,
+    Op::Update,
+    Op::Delete,
+    Op::ListAfter,
+    Op::Check,
+];
+
+impl Op {
+    fn span_name(self) -> &'static str {
+        match self {
+            Op::Create => "UserStore/create",
+            Op::Get => "UserStore/get",
+            Op::Update => "UserStore/update",
+            Op::Delete => "UserStore/delete",
+            Op::ListAfter => "UserStore/list_after",
+            Op::Check => "UserStore/check",
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Op::Create => "create",
+            Op::Get => "get",
+            Op::Update => "update",
+            Op::Delete => "delete",
+            Op::ListAfter => "list_after",
+            Op::Check => "check",
+        }
+    }
+}
+
+const OUTCOMES: [&str; 5] = ["ok", "not_found", "conflict", "unavailable", "error"];
+
+fn outcome<T>(result: &Result<T, StoreError>) -> usize {
+    match result {
+        Ok(_) => 0,
+        Err(StoreError::NotFound(_)) => 1,
+        Err(StoreError::EmailTaken) => 2,
+        Err(StoreError::Unavailable(_)) => 3,
+        Err(StoreError::Internal(_)) => 4,
+    }
+}
+
+/// Wraps `inner`; see the module docs.
+pub struct InstrumentedStore {
+    inner: Arc<dyn UserStore>,
+    /// `[operation][outcome]`, registered up front.
+    latency: Vec<Vec<Histogram>>,
+}
+
+impl InstrumentedStore {
+    pub fn wrap(inner: Arc<dyn UserStore>) -> Arc<dyn UserStore> {
+        // Handles registered before the recorder exists would be no-ops.
+        let _ = crate::telemetry::metrics::install();
+        let latency = OPS
+            .iter()
+            .map(|op| {
+                OUTCOMES
+                    .iter()
+                    .map(|outcome| {
+                        metrics::histogram!(
+                            names::STORE_OPERATION_SECONDS,
+                            "operation" => op.name(),
+                            "outcome" => *outcome,
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        Arc::new(Self { inner, latency })
+    }
+
+    /// Times `fut` and, except for readiness checks (which run every second
+    /// outside any call and would each start a trace), runs it in a span.
+    async fn observe<T>(
+        &self,
+        op: Op,
+        fut: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        let start = Instant::now();
+        let result = match op {
+            Op::Check => fut.await,
+            _ => {
+                let span = tracing::info_span!(
+                    "store",
+                    otel.name = op.span_name(),
+                    otel.kind = "internal",
+                    store.operation = op.name(),
+                );
+                fut.instrument(span).await
+            }
+        };
+        if let Some(h) = self
+            .latency
+            .get(op as usize)
+            .and_then(|by_outcome| by_outcome.get(outcome(&result)))
+        {
+            h.record(start.elapsed().as_secs_f64());
+        }
+        result
+    }
+}
+
+#[async_trait]
+impl UserStore for InstrumentedStore {
+    async fn create(&self, user: NewUser) -> Result<User, StoreError> {
+        self.observe(Op::Create, self.inner.create(user)).await
+    }
+
+    async fn get(&self, id: UserId) -> Result<User, StoreError> {
+        self.observe(Op::Get, self.inner.get(id)).await
+    }
+
+    async fn update(
+        &self,
+        id: UserId,
+        patch: UserPatch,
+        at: OffsetDateTime,
+    ) -> Result<User, StoreError> {
+        self.observe(Op::Update, self.inner.update(id, patch, at))
+            .await
+    }
+
+    async fn delete(&self, id: UserId) -> Result<User, StoreError> {
+        self.observe(Op::Delete, self.inner.delete(id)).await
+    }
+
+    async fn list_after(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        self.observe(Op::ListAfter, self.inner.list_after(after, limit))
+            .await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
+        self.inner.subscribe()
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        self.observe(Op::Check, self.inner.check()).await
+    }
+
+    fn pool_stats(&self) -> Option<PoolStats> {
+        self.inner.pool_stats()
+    }
+}
+
+/// Publishes the pool gauges of `store` (called at scrape time).
+pub fn record_pool_stats(store: &dyn UserStore) {
+    if let Some(stats) = store.pool_stats() {
+        let used = stats.size.saturating_sub(stats.idle);
+        metrics::gauge!(names::STORE_POOL_CONNECTIONS, "state" => "idle")
+            .set(f64::from(stats.idle));
+        metrics::gauge!(names::STORE_POOL_CONNECTIONS, "state" => "used").set(f64::from(used));
+        metrics::gauge!(names::STORE_POOL_MAX_CONNECTIONS).set(f64::from(stats.max));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    /// A memory store that reports a pool, as PostgreSQL does.
+    struct Pooled(MemoryStore);
+
+    #[async_trait]
+    impl UserStore for Pooled {
+        async fn create(&self, user: NewUser) -> Result<User, StoreError> {
+            self.0.create(user).await
+        }
+        async fn get(&self, id: UserId) -> Result<User, StoreError> {
+            self.0.get(id).await
+        }
+        async fn update(
+            &self,
+            id: UserId,
+            patch: UserPatch,
+            at: OffsetDateTime,
+        ) -> Result<User, StoreError> {
+            self.0.update(id, patch, at).await
+        }
+        async fn delete(&self, id: UserId) -> Result<User, StoreError> {
+            self.0.delete(id).await
+        }
+        async fn list_after(
+            &self,
+            after: Option<UserId>,
+            limit: usize,
+        ) -> Result<Vec<User>, StoreError> {
+            self.0.list_after(after, limit).await
+        }
+        fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
+            self.0.subscribe()
+        }
+        async fn check(&self) -> Result<(), StoreError> {
+            self.0.check().await
+        }
+        fn pool_stats(&self) -> Option<PoolStats> {
+            Some(PoolStats {
+                size: 7,
+                idle: 3,
+                max: 10,
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn records_latency_by_outcome_and_pool_gauges() {
+        let store = InstrumentedStore::wrap(Arc::new(Pooled(MemoryStore::new(16))));
+        store.list_after(None, 10).await.unwrap();
+        record_pool_stats(store.as_ref());
+        let text = crate::telemetry::metrics::install().unwrap().render();
+        assert!(
+            text.contains(
+                "user_service_store_operation_duration_seconds_bucket{operation=\"list_after\",outcome=\"ok\",le=\"0.0005\"}"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("user_service_store_pool_connections{state=\"idle\"} 3"));
+        assert!(text.contains("user_service_store_pool_connections{state=\"used\"} 4"));
+        assert!(text.contains("user_service_store_pool_max_connections 10"));
+    }
+}
