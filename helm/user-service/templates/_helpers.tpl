@@ -1,0 +1,92 @@
+{{- define "user-service.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "user-service.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "user-service.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "user-service.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "user-service.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "user-service.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: server
+app.kubernetes.io/part-of: user-service
+{{- end -}}
+
+{{- define "user-service.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "user-service.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "user-service.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The Secret holding the PostgreSQL URL, and its key. */}}
+{{- define "user-service.dbSecretName" -}}
+{{- default (printf "%s-db" (include "user-service.fullname" .)) .Values.store.postgres.existingSecret -}}
+{{- end -}}
+
+{{/* Environment shared by the server and the migration Job. */}}
+{{- define "user-service.storeEnv" -}}
+{{- if eq .Values.store.type "postgres" }}
+- name: USER_SERVICE__STORE__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "user-service.dbSecretName" . }}
+      key: {{ .Values.store.postgres.key }}
+- name: USER_SERVICE__STORE__MAX_CONNECTIONS
+  value: {{ .Values.store.postgres.maxConnections | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* Pod and container hardening shared by every workload. */}}
+{{- define "user-service.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 65532
+runAsGroup: 65532
+fsGroup: 65532
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{- define "user-service.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+capabilities:
+  drop: ["ALL"]
+{{- end -}}
+
+{{- define "user-service.validate" -}}
+{{- $c := .Values.config -}}
+{{- $needed := add $c.drainDelaySeconds $c.shutdownTimeoutSeconds 5 -}}
+{{- if lt (int .Values.terminationGracePeriodSeconds) (int $needed) -}}
+{{- fail (printf "terminationGracePeriodSeconds (%d) must be at least config.drainDelaySeconds + config.shutdownTimeoutSeconds + 5 (%d), or Kubernetes kills pods mid-drain" (int .Values.terminationGracePeriodSeconds) (int $needed)) -}}
+{{- end -}}
+{{- if and (eq .Values.store.type "postgres") (not .Values.store.postgres.existingSecret) (not .Values.store.postgres.url) -}}
+{{- fail "store.type=postgres needs store.postgres.existingSecret (recommended) or store.postgres.url" -}}
+{{- end -}}
+{{- if and (eq .Values.store.type "memory") (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) -}}
+{{- fail "store.type=memory keeps users per process: with more than one replica each would see different users; use store.type=postgres or replicaCount=1" -}}
+{{- end -}}
+{{- end -}}
