@@ -100,7 +100,9 @@ pub struct StoreSettings {
     /// fails with UNAVAILABLE. Short, so an outage fails fast.
     #[serde(with = "humantime_serde")]
     pub acquire_timeout: Duration,
-    /// PostgreSQL: TCP connect + handshake limit for a new connection.
+    /// PostgreSQL: TCP connect + handshake limit for the connections of
+    /// migrations (`user-service migrate` included) and of the event
+    /// listener. Request connections are opened within `acquire_timeout`.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
     /// PostgreSQL: server-side `statement_timeout` for every query.

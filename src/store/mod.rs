@@ -3,6 +3,7 @@
 
 mod instrumented;
 mod memory;
+mod postgres;
 
 use std::sync::Arc;
 
@@ -17,6 +18,7 @@ use crate::{
 
 pub use instrumented::{record_pool_stats, InstrumentedStore};
 pub use memory::MemoryStore;
+pub use postgres::PostgresStore;
 
 /// Why a store operation failed. Stores translate their own errors into
 /// these, and `domain::DomainError` carries them to the edge.
@@ -41,7 +43,9 @@ pub enum StoreError {
 ///   with the same email exactly one succeeds;
 /// - `list_after` returns users ordered by id, strictly after `after`;
 /// - every successful change is published to subscribers, in commit order
-///   per user, and only to subscribers that existed before the change.
+///   per user, to every subscriber that existed before the change (the
+///   PostgreSQL store delivers through NOTIFY, so one subscribing just
+///   after a commit may also see that change).
 #[async_trait]
 pub trait UserStore: Send + Sync + 'static {
     async fn create(&self, user: NewUser) -> Result<User, StoreError>;
@@ -84,6 +88,8 @@ pub struct PoolStats {
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn UserStore>, StoreError> {
     match settings.url.scheme() {
         "memory" => Ok(Arc::new(MemoryStore::new(settings.watch_buffer))),
+        // Lazy: does not connect, so startup never waits for the database.
+        "postgres" => Ok(Arc::new(PostgresStore::open(settings)?)),
         other => Err(StoreError::Internal(format!(
             "store.url: unsupported scheme {other:?}"
         ))),
@@ -96,6 +102,7 @@ pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
         "memory" => Err(StoreError::Internal(
             "store.url: migrate needs a postgres:// store; the memory store has no schema".into(),
         )),
+        "postgres" => postgres::migrate(settings).await,
         other => Err(StoreError::Internal(format!(
             "store.url: unsupported scheme {other:?}"
         ))),

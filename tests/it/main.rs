@@ -9,5 +9,8 @@ mod client;
 mod config;
 mod health;
 mod observability;
+mod pg;
+mod postgres;
 mod shutdown;
+mod store_contract;
 mod tools;

@@ -1,0 +1,820 @@
+//! The PostgreSQL store: every replica behind the load balancer shares the
+//! same users, uniqueness is enforced by the database, and `WatchUsers`
+//! sees changes made through any replica.
+//!
+//! How it fits together:
+//! - **Lazy pool.** Nothing connects at startup, so a replica starts (not
+//!   ready) while the database is down and becomes ready when it appears.
+//!   Every connection carries a server-side `statement_timeout`; a call that
+//!   cannot get a connection within `store.acquire_timeout` fails with
+//!   [`StoreError::Unavailable`] (UNAVAILABLE), long before client deadlines.
+//! - **Schema task.** With `store.migrate = true` a background task applies
+//!   the embedded migrations (sqlx's migrator holds `pg_advisory_lock` while
+//!   it does, so replicas starting together take turns), retrying with
+//!   backoff until it succeeds; with `false` it only waits until someone
+//!   else (`user-service migrate`) has applied them. Readiness stays
+//!   NOT_SERVING until then.
+//! - **Events.** Each write and its `pg_notify('user_events', …)` commit in
+//!   one transaction, so an event exists if and only if the change does.
+//!   One listener connection per replica forwards notifications, which
+//!   PostgreSQL delivers in commit order, to the local broadcast channel;
+//!   writes never publish locally, so a replica's own changes are not
+//!   delivered twice. If the listener's connection drops, it reconnects with
+//!   backoff and readiness is NOT_SERVING meanwhile; notifications sent
+//!   while it was disconnected are lost (NOTIFY is not durable), which is
+//!   logged. A heartbeat NOTIFY every few seconds to a channel of the
+//!   replica's own detects connections that died silently.
+//! - **Lifetime.** The background tasks stop when the store is dropped,
+//!   i.e. when the server that owns it has shut down.
+
+use std::{
+    str::FromStr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use rand_core::{OsRng, RngCore};
+use serde::{Deserialize, Serialize};
+use sqlx::{
+    migrate::{MigrateError, Migrator},
+    pool::PoolConnection,
+    postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow},
+    Connection, PgConnection, Postgres, Row,
+};
+use time::OffsetDateTime;
+use tokio::{sync::broadcast, task::JoinHandle};
+use uuid::Uuid;
+
+use super::{PoolStats, StoreError, UserStore};
+use crate::{
+    config::StoreSettings,
+    domain::{
+        now, Email, EventKind, NewUser, User, UserEvent, UserId, UserName, UserPatch, UserStatus,
+    },
+};
+
+/// The schema, embedded at build time from `migrations/`.
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+/// The NOTIFY channel every replica listens on.
+const CHANNEL: &str = "user_events";
+/// The unique index behind case-insensitive email uniqueness (see the
+/// migration); its violation is [`StoreError::EmailTaken`].
+const EMAIL_UNIQUE_INDEX: &str = "users_email_key_unique";
+/// PostgreSQL rejects NOTIFY payloads of 8000 bytes or more.
+const NOTIFY_PAYLOAD_MAX: usize = 7999;
+
+const APPLICATION_NAME: &str = "user-service";
+
+pub struct PostgresStore {
+    pool: PgPool,
+    events: broadcast::Sender<UserEvent>,
+    state: Arc<State>,
+    max_connections: u32,
+    // Aborted on drop: the tasks own no store handle, so they cannot keep
+    // the store alive, and they die with it.
+    _schema_task: AbortOnDrop,
+    _listener_task: AbortOnDrop,
+    _heartbeat_task: AbortOnDrop,
+}
+
+/// What readiness needs besides a reachable database.
+#[derive(Default)]
+struct State {
+    /// Every embedded migration is applied.
+    schema_ready: AtomicBool,
+    /// The listener is subscribed to [`CHANNEL`]: a change committed now
+    /// will reach local watchers.
+    listening: AtomicBool,
+}
+
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Builds the pool and starts the schema and listener tasks. Does not
+    /// connect, so it succeeds while the database is down. Must be called
+    /// inside a Tokio runtime.
+    pub fn open(settings: &StoreSettings) -> Result<Self, StoreError> {
+        let session = connect_options(settings)?.options([(
+            "statement_timeout",
+            format!("{}ms", settings.statement_timeout.as_millis().max(1)),
+        )]);
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.max_connections)
+            // Bounds waiting for a free connection *and* opening a new one,
+            // so this is what makes an outage fail fast.
+            .acquire_timeout(settings.acquire_timeout)
+            // Pings an idle connection before handing it out: after the
+            // database restarts or kills sessions, calls get a fresh
+            // connection instead of failing on a dead one.
+            .test_before_acquire(true)
+            .connect_lazy_with(session.clone());
+        let (events, _) = broadcast::channel(settings.watch_buffer.max(1));
+        let state = Arc::new(State::default());
+        let heartbeat = Heartbeat::new();
+        let schema_task = tokio::spawn(prepare_schema(
+            settings.clone(),
+            settings.migrate,
+            Arc::clone(&state),
+        ));
+        let listener_task = tokio::spawn(listen(
+            session,
+            settings.connect_timeout,
+            heartbeat.channel.clone(),
+            events.clone(),
+            Arc::clone(&state),
+        ));
+        let heartbeat_task = tokio::spawn(heartbeat.run(pool.clone()));
+        Ok(Self {
+            pool,
+            events,
+            state,
+            max_connections: settings.max_connections,
+            _schema_task: AbortOnDrop(schema_task),
+            _listener_task: AbortOnDrop(listener_task),
+            _heartbeat_task: AbortOnDrop(heartbeat_task),
+        })
+    }
+
+    /// A pooled connection. Any failure to get one means the database is
+    /// unreachable or refusing us right now (down, not accepting
+    /// connections, pool exhausted for `acquire_timeout`, credentials
+    /// revoked): the caller may retry, so it is `Unavailable`.
+    async fn conn(&self) -> Result<PoolConnection<Postgres>, StoreError> {
+        self.pool
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("cannot get a connection: {e}")))
+    }
+}
+
+/// `store.url` parsed, plus what every connection of ours sets.
+fn connect_options(settings: &StoreSettings) -> Result<PgConnectOptions, StoreError> {
+    PgConnectOptions::from_str(settings.url.expose())
+        .map(|o| o.application_name(APPLICATION_NAME))
+        // The parser's messages name the faulty part, never echo the URL;
+        // the redacted URL tells the operator which setting it was.
+        .map_err(|e| StoreError::Internal(format!("store.url {}: {e}", settings.url.redacted())))
+}
+
+/// Applies the embedded migrations and returns; for `user-service migrate`.
+/// Fails (instead of retrying) when the database cannot be reached within
+/// `store.connect_timeout`.
+pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
+    run_migrations(settings).await
+}
+
+async fn run_migrations(settings: &StoreSettings) -> Result<(), StoreError> {
+    // A plain connection first, because its error says why the database is
+    // unreachable (refused, unknown host, bad password) where the pool
+    // below would only report a timeout.
+    let _ = connect_once(settings).await?.close().await;
+    // A one-connection pool rather than that bare connection: the
+    // migrator's `run` needs an `Acquire` that works for any lifetime,
+    // which `&mut PgConnection` is not inside a spawned task.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(settings.connect_timeout)
+        .connect_with(connect_options(settings)?)
+        .await
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot connect to PostgreSQL at {}: {e}",
+                settings.url.redacted()
+            ))
+        })?;
+    // Migrator::run takes `pg_advisory_lock` on its session first, so
+    // concurrent migrators (replicas, the chart's hook job) serialise.
+    // The migration connection has no statement_timeout: waiting for that
+    // lock, or building an index on a large table, may legitimately take
+    // longer than any request should.
+    let result = MIGRATOR.run(&pool).await.map_err(migrate_error);
+    // A failed run may leave the advisory lock held by the session;
+    // closing the connection releases it.
+    pool.close().await;
+    result
+}
+
+/// Succeeds when every embedded migration has been applied by someone.
+async fn verify_migrations(settings: &StoreSettings) -> Result<(), StoreError> {
+    let mut conn = connect_once(settings).await?;
+    let applied: Result<Vec<i64>, _> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&mut conn)
+            .await;
+    let _ = conn.close().await;
+    let applied = applied.map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot read applied migrations (run `user-service migrate`): {e}"
+        ))
+    })?;
+    match MIGRATOR
+        .iter()
+        .filter(|m| !m.migration_type.is_down_migration())
+        .find(|m| !applied.contains(&m.version))
+    {
+        Some(missing) => Err(StoreError::Unavailable(format!(
+            "migration {} is not applied yet (run `user-service migrate`)",
+            missing.version
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// One connection outside the pool, bounded by `store.connect_timeout`.
+async fn connect_once(settings: &StoreSettings) -> Result<PgConnection, StoreError> {
+    let options = connect_options(settings)?;
+    let url = settings.url.redacted();
+    match tokio::time::timeout(
+        settings.connect_timeout,
+        PgConnection::connect_with(&options),
+    )
+    .await
+    {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL at {url}: {e}"
+        ))),
+        Err(_) => Err(StoreError::Unavailable(format!(
+            "cannot connect to PostgreSQL at {url}: no answer within store.connect_timeout ({})",
+            humantime::format_duration(settings.connect_timeout)
+        ))),
+    }
+}
+
+fn migrate_error(err: MigrateError) -> StoreError {
+    match err {
+        MigrateError::Execute(e) => classify("migrate", e),
+        MigrateError::ExecuteMigration(e, version) => classify(&format!("migration {version}"), e),
+        // Checksum mismatches, missing or dirty versions: someone changed
+        // history; retrying will not help.
+        other => StoreError::Internal(format!("migrations: {other}")),
+    }
+}
+
+/// Background: gets the schema in place (or waits for it), then marks the
+/// store ready for it.
+async fn prepare_schema(settings: StoreSettings, migrate: bool, state: Arc<State>) {
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    loop {
+        let result = if migrate {
+            run_migrations(&settings).await
+        } else {
+            verify_migrations(&settings).await
+        };
+        match result {
+            Ok(()) => {
+                state.schema_ready.store(true, Ordering::SeqCst);
+                tracing::info!(migrate, "database schema is up to date");
+                return;
+            }
+            Err(err) => {
+                let retry_in = backoff.next_delay();
+                tracing::warn!(error = %err, ?retry_in, migrate, "database schema not ready; retrying");
+                tokio::time::sleep(retry_in).await;
+            }
+        }
+    }
+}
+
+/// How often a replica notifies its own listener, and how long that
+/// listener may hear nothing before its connection is presumed dead.
+///
+/// A connection whose peer vanished without a FIN or RST (a network
+/// partition, a failed-over database host) looks idle forever: without
+/// traffic the listener would wait on it indefinitely while every change
+/// is lost. The heartbeat guarantees traffic on a healthy connection.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(5);
+const LISTENER_SILENCE_LIMIT: Duration = Duration::from_secs(15);
+
+struct Heartbeat {
+    /// A channel of this replica's own, so replicas do not hear each
+    /// other's heartbeats.
+    channel: String,
+}
+
+impl Heartbeat {
+    fn new() -> Self {
+        Self {
+            channel: format!("user_events_hb_{}", Uuid::now_v7().simple()),
+        }
+    }
+
+    /// Background: notifies the heartbeat channel through the request pool.
+    async fn run(self, pool: PgPool) {
+        loop {
+            tokio::time::sleep(HEARTBEAT_EVERY).await;
+            // Failing is expected during an outage; the listener's silence
+            // limit takes care of the consequences.
+            if let Err(err) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(&self.channel)
+                .execute(&pool)
+                .await
+            {
+                tracing::debug!(error = %err, "heartbeat not sent");
+            }
+        }
+    }
+}
+
+/// Background: forwards NOTIFY payloads to local subscribers, reconnecting
+/// for as long as the store lives.
+async fn listen(
+    session: PgConnectOptions,
+    connect_timeout: Duration,
+    heartbeat_channel: String,
+    events: broadcast::Sender<UserEvent>,
+    state: Arc<State>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut connected_before = false;
+    loop {
+        // A fresh one-connection pool per attempt (PgListener needs a
+        // pool): it keeps the listener off the request pool, and a dead
+        // connection still being torn down in the background (sqlx sends
+        // UNLISTEN on drop, which may hang on a vanished peer) cannot hold
+        // the only slot of the next attempt.
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(connect_timeout)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .connect_lazy_with(session.clone());
+        let subscribed = async {
+            let mut listener = PgListener::connect_with(&pool).await?;
+            listener
+                .listen_all([CHANNEL, heartbeat_channel.as_str()])
+                .await?;
+            Ok::<_, sqlx::Error>(listener)
+        }
+        .await;
+        match subscribed {
+            Ok(mut listener) => {
+                backoff.reset();
+                state.listening.store(true, Ordering::SeqCst);
+                if connected_before {
+                    tracing::warn!("event listener reconnected; changes committed while it was disconnected were not delivered to watchers");
+                } else {
+                    tracing::info!(channel = CHANNEL, "listening for user events");
+                }
+                connected_before = true;
+                let why = forward(&mut listener, &events).await;
+                state.listening.store(false, Ordering::SeqCst);
+                tracing::warn!(error = %why, "event listener lost its connection; reconnecting");
+            }
+            Err(err) => {
+                tracing::debug!(error = %err, "event listener cannot connect");
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+/// Forwards notifications until the listener fails; returns why.
+async fn forward(listener: &mut PgListener, events: &broadcast::Sender<UserEvent>) -> String {
+    loop {
+        // On timeout the receive is abandoned mid-way; that is fine because
+        // the listener is then discarded, never read from again.
+        let received = match tokio::time::timeout(LISTENER_SILENCE_LIMIT, listener.try_recv()).await
+        {
+            Ok(received) => received,
+            Err(_) => {
+                return format!(
+                    "nothing received for {}s, not even the heartbeat",
+                    LISTENER_SILENCE_LIMIT.as_secs()
+                )
+            }
+        };
+        match received {
+            Ok(Some(notification)) if notification.channel() == CHANNEL => {
+                match decode_event(notification.payload()) {
+                    // No subscriber is not an error.
+                    Ok(event) => {
+                        let _ = events.send(event);
+                    }
+                    Err(err) => tracing::error!(error = %err, "undecodable user event skipped"),
+                }
+            }
+            // The heartbeat: proof of life, nothing to forward.
+            Ok(Some(_)) => {}
+            // The connection dropped and sqlx has already re-established it
+            // and re-subscribed: only the gap is lost.
+            Ok(None) => tracing::warn!(
+                "event listener reconnected; changes committed while it was disconnected were not delivered to watchers"
+            ),
+            Err(err) => return err.to_string(),
+        }
+    }
+}
+
+/// Exponential backoff with ±50% jitter, so replicas that lost the
+/// database together do not reconnect in lockstep.
+struct Backoff {
+    first: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    fn new(first: Duration, max: Duration) -> Self {
+        Self {
+            first,
+            max,
+            current: first,
+        }
+    }
+
+    fn next_delay(&mut self) -> Duration {
+        let base = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let unit = f64::from(OsRng.next_u32()) / f64::from(u32::MAX);
+        base.mul_f64(0.5 + unit)
+    }
+
+    fn reset(&mut self) {
+        self.current = self.first;
+    }
+}
+
+/// Maps a driver error to the store's vocabulary. `op` names what we were
+/// doing, for the logs; nothing here reaches clients (see `grpc::status`).
+/// sqlx errors carry no connection URL or password.
+fn classify(op: &str, err: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match err {
+        E::Database(db) => {
+            if db.is_unique_violation() && db.constraint() == Some(EMAIL_UNIQUE_INDEX) {
+                return StoreError::EmailTaken;
+            }
+            let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+            let detail = format!("{op}: {} (SQLSTATE {code})", db.message());
+            if retryable_sqlstate(&code) {
+                StoreError::Unavailable(detail)
+            } else {
+                StoreError::Internal(detail)
+            }
+        }
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
+            StoreError::Unavailable(format!("{op}: {err}"))
+        }
+        other => StoreError::Internal(format!("{op}: {other}")),
+    }
+}
+
+/// SQLSTATEs after which the same call may succeed later.
+fn retryable_sqlstate(code: &str) -> bool {
+    matches!(
+        code,
+        // query_canceled: our statement_timeout fired.
+        "57014"
+            // admin_shutdown, crash_shutdown, cannot_connect_now: the
+            // server is going away or coming back.
+            | "57P01" | "57P02" | "57P03"
+            // serialization_failure, deadlock_detected.
+            | "40001" | "40P01"
+    ) || code.starts_with("08") // connection_exception class
+        || code.starts_with("53") // insufficient_resources (too many connections, disk full)
+}
+
+fn user_from_row(row: &PgRow) -> Result<User, StoreError> {
+    let decode = |e| classify("decode users row", e);
+    let status: String = row.try_get("status").map_err(decode)?;
+    Ok(User {
+        id: UserId::from_uuid(row.try_get("id").map_err(decode)?),
+        email: Email::from_stored(row.try_get("email").map_err(decode)?),
+        name: UserName::from_stored(row.try_get("name").map_err(decode)?),
+        status: UserStatus::from_stored(&status)
+            .ok_or_else(|| StoreError::Internal(format!("users row has status {status:?}")))?,
+        roles: row.try_get("roles").map_err(decode)?,
+        created_at: row.try_get("created_at").map_err(decode)?,
+        updated_at: row.try_get("updated_at").map_err(decode)?,
+    })
+}
+
+/// The NOTIFY payload: the event with the user as the API shows it (never
+/// the password hash). Timestamps are integer microseconds since the epoch,
+/// the precision both stores keep, so they round-trip exactly.
+#[derive(Debug, Serialize, Deserialize)]
+struct EventPayload {
+    kind: String,
+    occurred_at_us: i64,
+    id: String,
+    email: String,
+    name: String,
+    status: String,
+    roles: Vec<String>,
+    created_at_us: i64,
+    updated_at_us: i64,
+}
+
+fn encode_event(kind: EventKind, user: &User, at: OffsetDateTime) -> Result<String, StoreError> {
+    let payload = EventPayload {
+        kind: kind.as_str().to_owned(),
+        occurred_at_us: to_micros(at)?,
+        id: user.id.to_string(),
+        email: user.email.as_str().to_owned(),
+        name: user.name.as_str().to_owned(),
+        status: user.status.as_str().to_owned(),
+        roles: user.roles.clone(),
+        created_at_us: to_micros(user.created_at)?,
+        updated_at_us: to_micros(user.updated_at)?,
+    };
+    let json = serde_json::to_string(&payload)
+        .map_err(|e| StoreError::Internal(format!("encode user event: {e}")))?;
+    // Refused here rather than by pg_notify, with a clearer message; a
+    // validated user is far below it (see the unit test).
+    if json.len() > NOTIFY_PAYLOAD_MAX {
+        return Err(StoreError::Internal(format!(
+            "user event of {} bytes exceeds the NOTIFY limit",
+            json.len()
+        )));
+    }
+    Ok(json)
+}
+
+fn decode_event(json: &str) -> Result<UserEvent, String> {
+    let p: EventPayload = serde_json::from_str(json).map_err(|e| e.to_string())?;
+    let kind = EventKind::from_stored(&p.kind).ok_or_else(|| format!("kind {:?}", p.kind))?;
+    let status =
+        UserStatus::from_stored(&p.status).ok_or_else(|| format!("status {:?}", p.status))?;
+    let id = Uuid::try_parse(&p.id).map_err(|e| format!("id: {e}"))?;
+    Ok(UserEvent {
+        kind,
+        occurred_at: from_micros(p.occurred_at_us)?,
+        user: User {
+            id: UserId::from_uuid(id),
+            email: Email::from_stored(p.email),
+            name: UserName::from_stored(p.name),
+            status,
+            roles: p.roles,
+            created_at: from_micros(p.created_at_us)?,
+            updated_at: from_micros(p.updated_at_us)?,
+        },
+    })
+}
+
+fn to_micros(t: OffsetDateTime) -> Result<i64, StoreError> {
+    i64::try_from(t.unix_timestamp_nanos() / 1000)
+        .map_err(|_| StoreError::Internal(format!("timestamp {t} out of range")))
+}
+
+fn from_micros(us: i64) -> Result<OffsetDateTime, String> {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).map_err(|e| e.to_string())
+}
+
+/// Queues the event; PostgreSQL sends it when (and only if) the
+/// surrounding transaction commits.
+async fn notify(conn: &mut PgConnection, payload: &str) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(payload)
+        .execute(conn)
+        .await
+        .map_err(|e| classify("notify", e))?;
+    Ok(())
+}
+
+#[async_trait]
+impl UserStore for PostgresStore {
+    async fn create(&self, new: NewUser) -> Result<User, StoreError> {
+        let user = User {
+            id: new.id,
+            email: new.email,
+            name: new.name,
+            status: new.status,
+            roles: new.roles,
+            created_at: new.created_at,
+            updated_at: new.created_at,
+        };
+        let payload = encode_event(EventKind::Created, &user, user.created_at)?;
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(|e| classify("begin", e))?;
+        sqlx::query(
+            "INSERT INTO users \
+             (id, email, email_key, name, status, roles, password_hash, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
+        )
+        .bind(user.id.as_uuid())
+        .bind(user.email.as_str())
+        .bind(user.email.key())
+        .bind(user.name.as_str())
+        .bind(user.status.as_str())
+        .bind(user.roles.as_slice())
+        .bind(&new.password_hash)
+        .bind(user.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(|e| classify("insert user", e))?;
+        notify(&mut tx, &payload).await?;
+        // Only a successful commit acknowledges the write. If the commit's
+        // answer is lost the outcome is unknown and the client sees
+        // UNAVAILABLE; a retry then reports ALREADY_EXISTS if it did land.
+        tx.commit().await.map_err(|e| classify("commit", e))?;
+        Ok(user)
+    }
+
+    async fn get(&self, id: UserId) -> Result<User, StoreError> {
+        let mut conn = self.conn().await?;
+        let row = sqlx::query(
+            "SELECT id, email, name, status, roles, created_at, updated_at FROM users WHERE id = $1",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| classify("get user", e))?;
+        match row {
+            Some(row) => user_from_row(&row),
+            None => Err(StoreError::NotFound(id)),
+        }
+    }
+
+    async fn update(
+        &self,
+        id: UserId,
+        patch: UserPatch,
+        at: OffsetDateTime,
+    ) -> Result<User, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(|e| classify("begin", e))?;
+        let row = sqlx::query(
+            "UPDATE users SET name = COALESCE($2, name), status = COALESCE($3, status), \
+             updated_at = $4 WHERE id = $1 \
+             RETURNING id, email, name, status, roles, created_at, updated_at",
+        )
+        .bind(id.as_uuid())
+        .bind(patch.name.as_ref().map(UserName::as_str))
+        .bind(patch.status.map(UserStatus::as_str))
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| classify("update user", e))?;
+        // Dropping `tx` without commit rolls back (nothing was changed).
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(id));
+        };
+        let user = user_from_row(&row)?;
+        notify(&mut tx, &encode_event(EventKind::Updated, &user, at)?).await?;
+        tx.commit().await.map_err(|e| classify("commit", e))?;
+        Ok(user)
+    }
+
+    async fn delete(&self, id: UserId) -> Result<User, StoreError> {
+        let mut conn = self.conn().await?;
+        let mut tx = conn.begin().await.map_err(|e| classify("begin", e))?;
+        let row = sqlx::query(
+            "DELETE FROM users WHERE id = $1 \
+             RETURNING id, email, name, status, roles, created_at, updated_at",
+        )
+        .bind(id.as_uuid())
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(|e| classify("delete user", e))?;
+        let Some(row) = row else {
+            return Err(StoreError::NotFound(id));
+        };
+        let user = user_from_row(&row)?;
+        notify(&mut tx, &encode_event(EventKind::Deleted, &user, now())?).await?;
+        tx.commit().await.map_err(|e| classify("commit", e))?;
+        Ok(user)
+    }
+
+    async fn list_after(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> Result<Vec<User>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Keyset paging on the primary key: each page is an index range
+        // scan of `limit` rows, whatever the table size or page number.
+        let query = match after {
+            Some(after) => sqlx::query(
+                "SELECT id, email, name, status, roles, created_at, updated_at FROM users \
+                 WHERE id > $1 ORDER BY id LIMIT $2",
+            )
+            .bind(after.as_uuid())
+            .bind(limit),
+            None => sqlx::query(
+                "SELECT id, email, name, status, roles, created_at, updated_at FROM users \
+                 ORDER BY id LIMIT $1",
+            )
+            .bind(limit),
+        };
+        let mut conn = self.conn().await?;
+        let rows = query
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(|e| classify("list users", e))?;
+        rows.iter().map(user_from_row).collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
+        self.events.subscribe()
+    }
+
+    async fn check(&self) -> Result<(), StoreError> {
+        if !self.state.schema_ready.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "database schema not migrated yet".into(),
+            ));
+        }
+        // Without the listener, watchers on this replica would silently
+        // miss changes: not ready.
+        if !self.state.listening.load(Ordering::SeqCst) {
+            return Err(StoreError::Unavailable(
+                "not listening for user events".into(),
+            ));
+        }
+        let mut conn = self.conn().await?;
+        sqlx::query("SELECT 1")
+            .execute(&mut *conn)
+            .await
+            .map_err(|e| classify("check", e))?;
+        Ok(())
+    }
+
+    fn pool_stats(&self) -> Option<PoolStats> {
+        Some(PoolStats {
+            size: self.pool.size(),
+            idle: u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+            max: self.max_connections,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::DEFAULT_ROLE;
+
+    fn user(email: &str, name: &str) -> User {
+        let at = now();
+        User {
+            id: UserId::generate(),
+            email: Email::parse(email).unwrap(),
+            name: UserName::parse(name).unwrap(),
+            status: UserStatus::Inactive,
+            roles: vec![DEFAULT_ROLE.to_owned(), "admin".to_owned()],
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn events_round_trip_through_the_payload() {
+        let user = user("Ünïcode.o'brien+x@example.com", "Ada \\ \"Lovelace\"");
+        let at = now();
+        let json = encode_event(EventKind::Updated, &user, at).unwrap();
+        let event = decode_event(&json).unwrap();
+        assert_eq!(event.kind, EventKind::Updated);
+        assert_eq!(event.user, user);
+        assert_eq!(event.occurred_at, at);
+        assert!(!json.contains("argon2"), "no password hash in events");
+    }
+
+    #[test]
+    fn the_largest_valid_user_fits_in_a_notify_payload() {
+        // A 254-character email of 2-byte characters and a 100-character
+        // name half of which JSON escapes are far below PostgreSQL's
+        // 8000-byte limit.
+        let domain = format!(
+            "{}.{}.{}.com",
+            "é".repeat(63),
+            "é".repeat(63),
+            "é".repeat(57)
+        );
+        let email = format!("{}@{domain}", "é".repeat(64));
+        assert_eq!(email.chars().count(), 254);
+        let name = "\"".repeat(50) + &"ü".repeat(50);
+        let user = user(&email, &name);
+        let json = encode_event(EventKind::Created, &user, now()).unwrap();
+        assert!(json.len() < 2000, "{} bytes", json.len());
+    }
+
+    #[test]
+    fn statement_timeouts_and_lost_connections_are_retryable() {
+        for code in ["57014", "57P01", "08006", "53300", "40001"] {
+            assert!(retryable_sqlstate(code), "{code}");
+        }
+        for code in ["23505", "42P01", "22001", ""] {
+            assert!(!retryable_sqlstate(code), "{code}");
+        }
+        assert!(matches!(
+            classify("x", sqlx::Error::PoolTimedOut),
+            StoreError::Unavailable(_)
+        ));
+        assert!(matches!(
+            classify("x", sqlx::Error::RowNotFound),
+            StoreError::Internal(_)
+        ));
+    }
+}

@@ -1,0 +1,168 @@
+//! A fresh PostgreSQL database per test, on the cluster the standard
+//! libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) point
+//! at. The test command provides a throwaway cluster; without one these
+//! tests fail loudly rather than being skipped.
+
+#![allow(dead_code)] // each test module uses a different subset
+
+use std::{sync::Arc, time::Duration};
+
+use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
+use user_service::{
+    config::{Settings, StoreUrl},
+    store::{self, UserStore},
+};
+
+const NO_CLUSTER: &str = "PostgreSQL tests need PG* env vars; run them via `make test`";
+
+/// A database of its own, dropped (with any session still on it) when the
+/// value is.
+pub struct TestDb {
+    pub name: String,
+    /// Connection URL of this database, password included.
+    pub url: String,
+}
+
+fn var(key: &str) -> Option<String> {
+    std::env::var(key).ok().filter(|v| !v.is_empty())
+}
+
+/// Percent-encodes a URL component (user, password, host, database).
+fn enc(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The URL of `database` on the test cluster.
+pub fn url_for(database: &str) -> String {
+    let (Some(host), Some(user)) = (var("PGHOST"), var("PGUSER")) else {
+        panic!("{NO_CLUSTER}");
+    };
+    let port = var("PGPORT").unwrap_or_else(|| "5432".into());
+    let auth = match var("PGPASSWORD") {
+        Some(password) => format!("{}:{}", enc(&user), enc(&password)),
+        None => enc(&user),
+    };
+    format!("postgres://{auth}@{}:{port}/{}", enc(&host), enc(database))
+}
+
+/// The cluster's maintenance database, for CREATE/ALTER/DROP DATABASE.
+pub fn admin_url() -> String {
+    url_for(&var("PGDATABASE").unwrap_or_else(|| "postgres".into()))
+}
+
+pub fn password() -> Option<String> {
+    var("PGPASSWORD")
+}
+
+pub async fn admin() -> PgConnection {
+    PgConnection::connect(&admin_url())
+        .await
+        .unwrap_or_else(|e| panic!("{NO_CLUSTER}: cannot connect to the test cluster: {e}"))
+}
+
+/// Runs one statement on the maintenance database.
+pub async fn admin_exec(sql: String) {
+    let mut conn = admin().await;
+    conn.execute(AssertSqlSafe(sql.clone()))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let _ = conn.close().await;
+}
+
+pub async fn fresh_db() -> TestDb {
+    let name = format!("test_{}", uuid::Uuid::now_v7().simple());
+    admin_exec(format!("CREATE DATABASE {name}")).await;
+    TestDb {
+        url: url_for(&name),
+        name,
+    }
+}
+
+impl TestDb {
+    /// Test settings (see `helpers::test_settings`) on this database.
+    pub fn settings(&self) -> Settings {
+        let mut s = crate::helpers::test_settings();
+        s.store.url = StoreUrl::parse(&self.url).unwrap();
+        s
+    }
+
+    pub async fn connect(&self) -> PgConnection {
+        PgConnection::connect(&self.url).await.expect("connect")
+    }
+
+    /// Ends every session on this database and refuses new ones: to the
+    /// service it looks like the database went away.
+    pub async fn cut_off(&self) {
+        let name = &self.name;
+        admin_exec(format!(
+            "ALTER DATABASE {name} WITH ALLOW_CONNECTIONS false"
+        ))
+        .await;
+        admin_exec(format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+        ))
+        .await;
+    }
+
+    /// Undoes [`TestDb::cut_off`].
+    pub async fn restore(&self) {
+        admin_exec(format!(
+            "ALTER DATABASE {} WITH ALLOW_CONNECTIONS true",
+            self.name
+        ))
+        .await;
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        // Drop cannot await, and the test's runtime may be going away: use
+        // a thread with a runtime of its own. Best effort: the cluster is
+        // thrown away after the run anyway.
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin_url()).await {
+                    let _ = conn.execute(AssertSqlSafe(sql)).await;
+                    let _ = conn.close().await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// A PostgreSQL store on a fresh database, once it is ready (schema
+/// migrated, event listener subscribed).
+pub async fn store(db: &TestDb) -> Arc<dyn UserStore> {
+    let store = store::open(&db.settings().store).await.expect("open store");
+    wait_until_ready(&store).await;
+    store
+}
+
+pub async fn wait_until_ready(store: &Arc<dyn UserStore>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        match store.check().await {
+            Ok(()) => return,
+            Err(err) if tokio::time::Instant::now() > deadline => {
+                panic!("PostgreSQL store never became ready: {err}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}

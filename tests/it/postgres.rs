@@ -1,0 +1,531 @@
+//! The service on PostgreSQL as it runs behind a load balancer: several
+//! replicas on one database, restarts, outages, and the `migrate`
+//! subcommand. Every test gets a fresh database (see `pg.rs`).
+
+use std::{
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use futures_util::StreamExt;
+use sqlx::{Connection, Row};
+use tokio::sync::oneshot;
+use tonic::{Code, Request};
+use tonic_health::pb::{
+    health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+};
+use user_service::{
+    domain::PasswordHasher,
+    pb::{
+        CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest,
+        UserEvent, UserEventType, WatchUsersRequest,
+    },
+    server::Server,
+};
+
+use crate::{
+    helpers::{create_request, http_get, spawn_app_with, TestApp},
+    pg,
+};
+
+const READINESS: &str = "user.v1.UserService";
+
+async fn health(app: &TestApp, service: &str) -> ServingStatus {
+    let response = HealthClient::new(app.channel.clone())
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner();
+    ServingStatus::try_from(response.status).expect("known status")
+}
+
+/// Polls until `/readyz` answers `status` (or panics after `within`).
+async fn wait_readyz(admin: std::net::SocketAddr, status: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let got = http_get(admin, "/readyz").await.0;
+        if got == status {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/readyz stayed {got}, expected {status} within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn next_event(events: &mut tonic::Streaming<UserEvent>) -> UserEvent {
+    tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("no event within 10s")
+        .expect("stream ended")
+        .expect("stream failed")
+}
+
+async fn watch(app: &TestApp) -> tonic::Streaming<UserEvent> {
+    // The call returns once the subscription is live.
+    app.client
+        .clone()
+        .watch_users(WatchUsersRequest::default())
+        .await
+        .expect("watch")
+        .into_inner()
+}
+
+fn get(user_id: &str) -> GetUserRequest {
+    GetUserRequest {
+        user_id: user_id.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_on_one_database_share_users() {
+    let db = pg::fresh_db().await;
+    let a = spawn_app_with(db.settings()).await;
+    let b = spawn_app_with(db.settings()).await;
+
+    let created = a
+        .client
+        .clone()
+        .create_user(create_request("shared"))
+        .await
+        .unwrap()
+        .into_inner();
+    let read = b
+        .client
+        .clone()
+        .get_user(get(&created.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read, created, "created through A, read through B");
+
+    let renamed = b
+        .client
+        .clone()
+        .update_user(UpdateUserRequest {
+            user_id: created.id.clone(),
+            name: "Renamed via B".into(),
+            status: 0,
+            update_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        a.client
+            .clone()
+            .get_user(get(&created.id))
+            .await
+            .unwrap()
+            .into_inner(),
+        renamed
+    );
+
+    let listed: Vec<_> = b
+        .client
+        .clone()
+        .list_users(ListUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .map(|u| u.unwrap().id)
+        .collect()
+        .await;
+    assert_eq!(listed, std::slice::from_ref(&created.id));
+
+    a.client
+        .clone()
+        .delete_user(DeleteUserRequest {
+            user_id: created.id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        b.client
+            .clone()
+            .get_user(get(&created.id))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_duplicate_emails_across_replicas_exactly_one_wins() {
+    let db = pg::fresh_db().await;
+    let a = spawn_app_with(db.settings()).await;
+    let b = spawn_app_with(db.settings()).await;
+    for round in 0..5 {
+        let first = create_request(&format!("dup{round}"));
+        let second = CreateUserRequest {
+            email: first.email.to_uppercase(),
+            ..first.clone()
+        };
+        let (mut ca, mut cb) = (a.client.clone(), b.client.clone());
+        let (ra, rb) = tokio::join!(ca.create_user(first), cb.create_user(second));
+        let codes = [ra, rb].map(|r| r.map(|_| Code::Ok).unwrap_or_else(|s| s.code()));
+        let mut sorted = codes;
+        sorted.sort_by_key(|c| *c as i32);
+        assert_eq!(sorted, [Code::Ok, Code::AlreadyExists], "round {round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_on_one_replica_sees_changes_made_through_another_once_in_order() {
+    let db = pg::fresh_db().await;
+    let a = spawn_app_with(db.settings()).await;
+    let b = spawn_app_with(db.settings()).await;
+    let mut on_b = watch(&b).await;
+    let mut on_a = watch(&a).await;
+
+    let mut client = a.client.clone();
+    let user = client
+        .create_user(create_request("watched"))
+        .await
+        .unwrap()
+        .into_inner();
+    let updated = client
+        .update_user(UpdateUserRequest {
+            user_id: user.id.clone(),
+            name: "Renamed".into(),
+            status: 0,
+            update_mask: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    client
+        .delete_user(DeleteUserRequest {
+            user_id: user.id.clone(),
+        })
+        .await
+        .unwrap();
+
+    for (replica, events) in [("B", &mut on_b), ("A", &mut on_a)] {
+        let kinds_and_users = [
+            (UserEventType::Created, &user),
+            (UserEventType::Updated, &updated),
+            (UserEventType::Deleted, &updated),
+        ];
+        for (kind, expected) in kinds_and_users {
+            let event = next_event(events).await;
+            assert_eq!(event.r#type(), kind, "on {replica}");
+            assert_eq!(event.user.as_ref(), Some(expected), "on {replica}");
+        }
+    }
+    // The writer's own replica hears its changes through NOTIFY too, and
+    // must not deliver them twice.
+    for events in [&mut on_a, &mut on_b] {
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), events.next())
+                .await
+                .is_err(),
+            "no duplicate events"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn data_survives_a_restart() {
+    let db = pg::fresh_db().await;
+    let first = spawn_app_with(db.settings()).await;
+    let created = first
+        .client
+        .clone()
+        .create_user(create_request("durable"))
+        .await
+        .unwrap()
+        .into_inner();
+    first.stop().await;
+
+    let second = spawn_app_with(db.settings()).await;
+    let read = second
+        .client
+        .clone()
+        .get_user(get(&created.id))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(read, created);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_plaintext_password_anywhere_in_the_database() {
+    let db = pg::fresh_db().await;
+    let app = spawn_app_with(db.settings()).await;
+    let password = "plaintext-Secret-0xC0FFEE";
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let request = CreateUserRequest {
+            password: password.into(),
+            ..create_request(&format!("secret{i}"))
+        };
+        ids.push(
+            app.client
+                .clone()
+                .create_user(request)
+                .await
+                .unwrap()
+                .into_inner()
+                .id,
+        );
+    }
+
+    let mut conn = db.connect().await;
+    // Every table of the schema, every row, every column, as text.
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT quote_ident(table_schema) || '.' || quote_ident(table_name) \
+         FROM information_schema.tables \
+         WHERE table_schema NOT IN ('pg_catalog', 'information_schema')",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(tables.iter().any(|t| t == "public.users"), "{tables:?}");
+    let needles = [password.to_owned(), password.to_lowercase()];
+    for table in &tables {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT t::text FROM {table} t"
+        )))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        for row in rows {
+            for needle in &needles {
+                assert!(!row.contains(needle.as_str()), "{table} holds the password");
+            }
+        }
+    }
+    // What is there instead: a salted argon2id hash that verifies.
+    let hashes: Vec<String> = sqlx::query("SELECT password_hash FROM users")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get("password_hash"))
+        .collect();
+    assert_eq!(hashes.len(), ids.len());
+    for hash in &hashes {
+        assert!(hash.starts_with("$argon2id$"), "{hash}");
+        assert!(PasswordHasher::verify(password, hash));
+    }
+    assert_ne!(hashes[0], hashes[1], "salted");
+    let _ = conn.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_fails_fast_and_heals_without_a_restart() {
+    let db = pg::fresh_db().await;
+    let app = spawn_app_with(db.settings()).await;
+    let mut client = app.client.clone();
+    let mut watcher = watch(&app).await;
+    let before = client
+        .create_user(create_request("acked"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(next_event(&mut watcher).await.user.unwrap().id, before.id);
+
+    db.cut_off().await;
+
+    // Calls fail with UNAVAILABLE long before their deadline.
+    for _ in 0..3 {
+        let mut request = Request::new(get(&before.id));
+        request.set_timeout(Duration::from_secs(10));
+        let started = Instant::now();
+        let status = client.get_user(request).await.unwrap_err();
+        let took = started.elapsed();
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert!(took < Duration::from_secs(3), "took {took:?}");
+        assert!(!status.message().contains("SQL"), "{}", status.message());
+    }
+    let mut request = Request::new(create_request("during"));
+    request.set_timeout(Duration::from_secs(10));
+    let started = Instant::now();
+    assert_eq!(
+        client.create_user(request).await.unwrap_err().code(),
+        Code::Unavailable
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Not ready, but alive: restarting would not bring the database back.
+    wait_readyz(app.admin_addr, 503, Duration::from_secs(5)).await;
+    assert_eq!(health(&app, READINESS).await, ServingStatus::NotServing);
+    assert_eq!(health(&app, "").await, ServingStatus::Serving);
+    assert_eq!(http_get(app.admin_addr, "/livez").await.0, 200);
+
+    db.restore().await;
+
+    // Readiness and calls come back by themselves.
+    wait_readyz(app.admin_addr, 200, Duration::from_secs(20)).await;
+    assert_eq!(health(&app, READINESS).await, ServingStatus::Serving);
+    let read = client.get_user(get(&before.id)).await.unwrap().into_inner();
+    assert_eq!(read, before, "an acknowledged write survived the outage");
+
+    // The listener reconnected: the watcher from before the outage keeps
+    // receiving, and a new one does too.
+    let mut fresh_watcher = watch(&app).await;
+    let after = client
+        .create_user(create_request("after"))
+        .await
+        .unwrap()
+        .into_inner();
+    for events in [&mut watcher, &mut fresh_watcher] {
+        let event = next_event(events).await;
+        assert_eq!(event.r#type(), UserEventType::Created);
+        assert_eq!(event.user.unwrap().id, after.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_while_the_database_is_down_and_becomes_ready_when_it_appears() {
+    let db = pg::fresh_db().await;
+    db.cut_off().await;
+    let server = Server::bind(db.settings())
+        .await
+        .expect("startup does not need the database");
+    let admin = server.admin_addr();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(http_get(admin, "/readyz").await.0, 503);
+    assert_eq!(http_get(admin, "/livez").await.0, 200);
+
+    db.restore().await;
+    // Migrations run in the background once the database answers.
+    wait_readyz(admin, 200, Duration::from_secs(20)).await;
+    let mut conn = db.connect().await;
+    let table: Option<String> = sqlx::query_scalar("SELECT to_regclass('users')::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(table.as_deref(), Some("users"));
+    let _ = conn.close().await;
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+fn migrate_command(store_url: &str) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_user-service"));
+    cmd.arg("migrate")
+        .arg("--store-url")
+        .arg(store_url)
+        .env("USER_SERVICE__STORE__CONNECT_TIMEOUT", "2s")
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migrate_subcommand_creates_the_schema_idempotently() {
+    let db = pg::fresh_db().await;
+    for run in 0..2 {
+        let out = migrate_command(&db.url).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "run {run}: {stderr}");
+        if let Some(password) = pg::password() {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(!stderr.contains(&password) && !stdout.contains(&password));
+        }
+    }
+    let mut conn = db.connect().await;
+    let columns: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns \
+         WHERE table_name = 'users' ORDER BY ordinal_position",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert!(columns.contains(&"email_key".to_owned()), "{columns:?}");
+    let _ = conn.close().await;
+}
+
+#[tokio::test]
+async fn the_migrate_subcommand_fails_clearly_when_the_database_is_unreachable() {
+    // Nothing listens on port 1.
+    let url = "postgres://app:s3cr3t-pw@127.0.0.1:1/users";
+    let started = Instant::now();
+    let out = migrate_command(url).output().await.unwrap();
+    assert!(!out.status.success());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "bounded by connect_timeout"
+    );
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("cannot connect to PostgreSQL"), "{text}");
+    assert!(text.contains("app:***@127.0.0.1:1"), "{text}");
+    assert!(!text.contains("s3cr3t"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_past_statement_timeout_is_unavailable_and_pool_stats_are_reported() {
+    use user_service::{
+        domain::{now, Email, NewUser, UserId, UserName, UserPatch, UserStatus},
+        store::{self, StoreError},
+    };
+
+    let db = pg::fresh_db().await;
+    let mut settings = db.settings();
+    settings.store.statement_timeout = Duration::from_millis(300);
+    settings.store.max_connections = 3;
+    let store = store::open(&settings.store).await.unwrap();
+    pg::wait_until_ready(&store).await;
+    let user = store
+        .create(NewUser {
+            id: UserId::generate(),
+            email: Email::parse("locked@example.com").unwrap(),
+            name: UserName::parse("Locked").unwrap(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            status: UserStatus::Active,
+            roles: vec![],
+            created_at: now(),
+        })
+        .await
+        .unwrap();
+
+    // Another session holds the row: the UPDATE waits for its lock until
+    // the server-side statement_timeout cancels it.
+    let mut locker = db.connect().await;
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("SELECT 1 FROM users WHERE id = $1 FOR UPDATE")
+        .bind(user.id.as_uuid())
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let patch = UserPatch {
+        name: Some(UserName::parse("Blocked").unwrap()),
+        status: None,
+    };
+    let err = store.update(user.id, patch, now()).await.unwrap_err();
+    let took = started.elapsed();
+    assert!(
+        matches!(err, StoreError::Unavailable(ref m) if m.contains("57014")),
+        "{err:?}"
+    );
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let _ = locker.close().await;
+    assert_eq!(store.get(user.id).await.unwrap(), user, "nothing changed");
+
+    let stats = store.pool_stats().expect("the PostgreSQL store has a pool");
+    assert_eq!(stats.max, 3);
+    assert!(
+        stats.size >= 1 && stats.size <= 3 && stats.idle <= stats.size,
+        "{stats:?}"
+    );
+}
