@@ -225,6 +225,21 @@ pub struct NewUser {
     pub created_at: OffsetDateTime,
 }
 
+impl NewUser {
+    /// The user as a store keeps it on creation (`updated_at` = `created_at`).
+    pub fn to_user(&self) -> User {
+        User {
+            id: self.id,
+            email: self.email.clone(),
+            name: self.name.clone(),
+            status: self.status,
+            roles: self.roles.clone(),
+            created_at: self.created_at,
+            updated_at: self.created_at,
+        }
+    }
+}
+
 impl fmt::Debug for NewUser {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("NewUser")

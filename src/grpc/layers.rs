@@ -36,6 +36,7 @@ use tower::{Layer, Service};
 use tracing::{field, Instrument, Span};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::streams::parse_grpc_timeout;
 use crate::telemetry::metrics as names;
 
 /// The four go-grpc-prometheus `grpc_type` values.
@@ -493,24 +494,6 @@ fn code_name_upper(code: Code) -> &'static str {
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {
     let raw = headers.get("grpc-status")?.to_str().ok()?;
     raw.trim().parse::<i32>().ok().map(Code::from_i32)
-}
-
-/// `grpc-timeout`: up to 8 digits and a unit (H, M, S, m, u, n).
-fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
-    if raw.len() < 2 || raw.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = raw.split_at(raw.len() - 1);
-    let value: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(value.checked_mul(3600)?),
-        "M" => Duration::from_secs(value.checked_mul(60)?),
-        "S" => Duration::from_secs(value),
-        "m" => Duration::from_millis(value),
-        "u" => Duration::from_micros(value),
-        "n" => Duration::from_nanos(value),
-        _ => return None,
-    })
 }
 
 /// W3C trace context is read from HTTP/2 headers (gRPC metadata).

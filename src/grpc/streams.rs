@@ -23,7 +23,7 @@ pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
 
 /// Parses the `grpc-timeout` header: up to 8 digits and a unit
 /// (H, M, S, m, u, n), per the gRPC over HTTP/2 spec.
-fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
+pub(super) fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
     if raw.len() < 2 || raw.len() > 9 {
         return None;
     }

@@ -77,15 +77,7 @@ impl UserStore for MemoryStore {
         if inner.emails.contains_key(&key) {
             return Err(StoreError::EmailTaken);
         }
-        let user = User {
-            id: new.id,
-            email: new.email,
-            name: new.name,
-            status: new.status,
-            roles: new.roles,
-            created_at: new.created_at,
-            updated_at: new.created_at,
-        };
+        let user = new.to_user();
         inner.emails.insert(key, user.id);
         inner.users.insert(
             user.id,

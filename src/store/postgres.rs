@@ -587,15 +587,7 @@ async fn notify(conn: &mut PgConnection, payload: &str) -> Result<(), StoreError
 #[async_trait]
 impl UserStore for PostgresStore {
     async fn create(&self, new: NewUser) -> Result<User, StoreError> {
-        let user = User {
-            id: new.id,
-            email: new.email,
-            name: new.name,
-            status: new.status,
-            roles: new.roles,
-            created_at: new.created_at,
-            updated_at: new.created_at,
-        };
+        let user = new.to_user();
         let payload = encode_event(EventKind::Created, &user, user.created_at)?;
         let mut conn = self.conn().await?;
         let mut tx = conn.begin().await.map_err(|e| classify("begin", e))?;
