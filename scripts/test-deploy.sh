@@ -1,95 +1,706 @@
 #!/usr/bin/env bash
-# Deployment checks: the Helm chart (lint, render over several value sets,
-# strict Kubernetes schemas, facts about the rendered objects, values that
-# must be refused), the Prometheus rules (promtool check + unit tests) and
-# the Grafana dashboard. Installs pinned tools into .tools/ when missing.
+# Deployment checks: the Helm chart, the Prometheus rules and the Grafana
+# dashboard. Runs on a fresh Debian 12 machine as root that reaches only
+# package registries (Debian, PyPI, the Go module proxy); installs what it
+# needs, at pinned versions, under .tools/ (git-ignored) when missing:
+#   helm                 go install helm.sh/helm/v3/cmd/helm@HELM_VERSION
+#   kubernetes-validate  pip, in a virtualenv (schemas ship inside the wheel)
+#   promtool             Debian's prometheus package (its daemon kept stopped)
+#
+# Usage: scripts/test-deploy.sh          run every check
+#        scripts/test-deploy.sh --sync   first copy the canonical dashboard and
+#                                        alert rules into the chart
+#
+# Every check is something that fails when the chart, the rules or the
+# dashboard is broken; the summary lists the failures and the script exits
+# non-zero if there is any.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HELM_VERSION=v3.19.0
+# ---- pins ---------------------------------------------------------------
+HELM_VERSION=v3.22.0
+# Official helm builds default to the Kubernetes minor of their client-go
+# (v0.37 for helm v3.22.0); `go install` must set it the same way, or helm
+# assumes Kubernetes 1.20 and refuses the chart's kubeVersion >=1.27.
+HELM_K8S_MINOR=37
 KUBERNETES_VALIDATE_VERSION=1.37.0
+# Go toolchain fetched from the module proxy when no Go >= 1.21 is installed.
+GO_TOOLCHAIN_VERSION=1.26.8
+# Kubernetes versions the rendered manifests are validated against: the
+# chart's minimum and a common production version.
+KUBE_VERSIONS=(1.27.0 1.30.0)
 KUBE_VERSION=1.30.0
-TOOLS="$PWD/.tools"
+# Custom resources have no schema in kubernetes-validate: these kinds, and
+# only these, are skipped by schema validation (their wiring is checked by
+# the fact checks below).
+UNCHECKED_KINDS=(ServiceMonitor PrometheusRule GRPCRoute)
+
 CHART=helm/user-service
-export PATH="$TOOLS/bin:$PATH"
+DASHBOARD=grafana/dashboards/user-service.json
+ALERTS=deploy/prometheus/alerts.yaml
+ALERTS_TEST=deploy/prometheus/alerts_test.yaml
+TOOLS="$PWD/.tools"
+
+if [ "${1:-}" = --sync ]; then
+  cp "$DASHBOARD" "$CHART/files/dashboard.json"
+  cp "$ALERTS" "$CHART/files/alerts.yaml"
+  echo "copied $DASHBOARD and $ALERTS into $CHART/files/"
+fi
 
 log() { printf '==> %s\n' "$*"; }
-fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
-# --- tools --------------------------------------------------------------
+# ---- tools --------------------------------------------------------------
 mkdir -p "$TOOLS/bin"
-if [ ! -x "$TOOLS/bin/helm" ] || [ ! -e "$TOOLS/bin/.helm-$HELM_VERSION" ]; then
-  log "go install helm $HELM_VERSION"
-  GOBIN="$TOOLS/bin" GOFLAGS=-mod=mod go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  rm -f "$TOOLS/bin/.helm-"*; touch "$TOOLS/bin/.helm-$HELM_VERSION"
+export PATH="$TOOLS/bin:$TOOLS/go/bin:$PATH"
+
+apt_updated=0
+apt_install() { # packages...; never lets a package start its daemon
+  local policy=/usr/sbin/policy-rc.d created=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod +x "$policy"
+    created=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  if [ "$apt_updated" = 0 ]; then apt-get update -qq; apt_updated=1; fi
+  apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  if [ "$created" = 1 ]; then rm -f "$policy"; fi
+}
+
+go_minor() { go env GOVERSION 2>/dev/null | sed -n 's/^go1\.\([0-9]*\).*/\1/p'; }
+
+ensure_go() { # Go >= 1.21, which fetches newer toolchains from the proxy itself
+  if command -v go >/dev/null 2>&1 && [ "$(go_minor)" -ge 21 ] 2>/dev/null; then
+    return
+  fi
+  command -v go >/dev/null 2>&1 || { log "apt-get install golang-go (to bootstrap)"; apt_install golang-go ca-certificates; }
+  # Debian 12's Go (1.19) cannot switch toolchains: fetch the pinned one as
+  # the golang.org/toolchain module, as newer go commands do.
+  local arch module dir
+  arch=$(go env GOARCH)
+  module="golang.org/toolchain@v0.0.1-go$GO_TOOLCHAIN_VERSION.linux-$arch"
+  log "go mod download $module"
+  dir=$(cd /tmp && GOFLAGS='' go mod download -json "$module" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+  if [ -z "$dir" ] || [ ! -d "$dir" ]; then die "could not download $module"; fi
+  rm -rf "$TOOLS/go"
+  cp -r "$dir" "$TOOLS/go"
+  chmod -R u+w "$TOOLS/go"
+  chmod +x "$TOOLS/go/bin/"* "$TOOLS/go/pkg/tool/"*/*
+  hash -r
+  [ "$(go_minor)" -ge 21 ] || die "go in PATH is still $(go version)"
+}
+
+helm_version() { "$1" version --template '{{.Version}}' 2>/dev/null || true; }
+
+HELM=""
+if command -v helm >/dev/null 2>&1 && [ "$(helm_version helm)" = "$HELM_VERSION" ]; then
+  HELM=$(command -v helm)
+elif [ -x "$TOOLS/bin/helm" ] && [ "$(helm_version "$TOOLS/bin/helm")" = "$HELM_VERSION" ]; then
+  HELM="$TOOLS/bin/helm"
+else
+  ensure_go
+  log "go install helm.sh/helm/v3/cmd/helm@$HELM_VERSION (compiles for a few minutes)"
+  # helm's go.mod has no replace directives, so `go install module@version`
+  # works; the -X flags are those of helm's Makefile.
+  ldflags="-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
+  ldflags+=" -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+  for pkg in helm.sh/helm/v3/pkg/chartutil helm.sh/helm/v3/pkg/lint/rules; do
+    ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$HELM_K8S_MINOR"
+  done
+  GOBIN="$TOOLS/bin" GOTOOLCHAIN=auto go install -trimpath -ldflags "$ldflags" \
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  HELM="$TOOLS/bin/helm"
+  [ "$(helm_version "$HELM")" = "$HELM_VERSION" ] || die "built helm reports $(helm_version "$HELM")"
 fi
-if [ ! -x "$TOOLS/venv/bin/kubernetes-validate" ] || [ ! -e "$TOOLS/venv/.kv-$KUBERNETES_VALIDATE_VERSION" ]; then
+
+VENV="$TOOLS/venv"
+if ! "$VENV/bin/python" -c "import kubernetes_validate.version as v, sys; sys.exit(v.__version__ != '$KUBERNETES_VALIDATE_VERSION')" 2>/dev/null; then
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    log "apt-get install python3 python3-venv"
+    apt_install python3 python3-venv
+  fi
   log "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-  python3 -m venv "$TOOLS/venv"
-  "$TOOLS/venv/bin/pip" install -q "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
-  touch "$TOOLS/venv/.kv-$KUBERNETES_VALIDATE_VERSION"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION"
 fi
-command -v promtool >/dev/null || scripts/install-test-deps.sh
-PY="$TOOLS/venv/bin/python"
+PY="$VENV/bin/python"
 
-# --- single sources of truth --------------------------------------------
-log "chart copies of the alert rules and the dashboard are current"
-cmp deploy/prometheus/alerts.yaml "$CHART/files/alerts.yaml" \
-  || fail "$CHART/files/alerts.yaml differs from deploy/prometheus/alerts.yaml (cp it)"
-cmp grafana/dashboards/user-service.json "$CHART/files/dashboard.json" \
-  || fail "$CHART/files/dashboard.json differs from grafana/dashboards/user-service.json (cp it)"
+if ! command -v promtool >/dev/null 2>&1; then
+  log "apt-get install prometheus (for promtool; Debian 12 ships 2.42)"
+  apt_install prometheus
+  # policy-rc.d kept the package from starting its daemon; make sure it
+  # does not start at boot either (it would hold port 9090).
+  if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif command -v update-rc.d >/dev/null 2>&1; then
+    update-rc.d prometheus disable >/dev/null 2>&1 || true
+  fi
+fi
 
-# --- Prometheus rules ---------------------------------------------------
-log "promtool check rules / test rules"
-promtool check rules deploy/prometheus/alerts.yaml
-(cd deploy/prometheus && promtool test rules alerts_test.yaml)
+log "tools: helm $(helm_version "$HELM"), kubernetes-validate $("$VENV/bin/kubernetes-validate" --version)," \
+  "$(promtool --version 2>&1 | head -1)"
 
-# --- dashboard ----------------------------------------------------------
-log "dashboard"
-"$PY" scripts/check_dashboard.py grafana/dashboards/user-service.json
+# ---- check runner -------------------------------------------------------
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+passed=0
+failures=()
 
-# --- chart --------------------------------------------------------------
-out=$(mktemp -d)
-trap 'rm -rf "$out"' EXIT
+# check NAME COMMAND...: runs COMMAND with errexit in a subshell; prints its
+# output only when it fails.
+check() {
+  local name=$1 rc
+  shift
+  set +e
+  (set -e; "$@") >"$WORK/check.out" 2>&1
+  rc=$?
+  set -e
+  if [ "$rc" = 0 ]; then
+    passed=$((passed + 1))
+    printf '  ok    %s\n' "$name"
+  else
+    failures+=("$name")
+    printf '  FAIL  %s\n' "$name"
+    # At most 40 lines of 300 characters: enough to see why.
+    head -n 40 "$WORK/check.out" | cut -c 1-300 | sed 's/^/        /'
+  fi
+}
+
+# must_fail EXPECTED_TEXT COMMAND...: COMMAND must fail and say EXPECTED_TEXT.
+must_fail() {
+  local expect=$1
+  shift
+  if "$@" >"$WORK/refused.out" 2>&1; then
+    echo "accepted, but should have been refused: $*"
+    return 1
+  fi
+  grep -qF -- "$expect" "$WORK/refused.out" || {
+    cat "$WORK/refused.out"
+    echo "refused, but without mentioning '$expect'"
+    return 1
+  }
+}
+
+# ---- python checks (run with the virtualenv's python: PyYAML and
+# kubernetes-validate) --------------------------------------------------------
+cat >"$WORK/checks.py" <<'PYEOF'
+import json
+import re
+import sys
+
+import yaml
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (YAML allows the parser
+    to keep the last one silently; Kubernetes clients differ)."""
+
+
+def _construct_mapping(loader, node, deep=False):
+    keys = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in keys:
+            raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+        keys.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_all(path):
+    with open(path) as f:
+        return [d for d in yaml.load_all(f, Loader=UniqueKeyLoader) if d]
+
+
+def fail_if(problems, prefix):
+    if problems:
+        print("\n".join(f"{prefix}: {p}" for p in problems), file=sys.stderr)
+        sys.exit(1)
+
+
+# -- validate RENDERED KUBE_VERSION SKIPPED_KINDS... -------------------------
+def validate(path, version, *skipped):
+    import kubernetes_validate
+
+    problems, counted = [], {}
+    docs = load_all(path)
+    if not docs:
+        problems.append(f"no objects in {path}")
+    for doc in docs:
+        kind = doc.get("kind")
+        if kind in skipped:
+            counted.setdefault(f"skipped {kind}", 0)
+            counted[f"skipped {kind}"] += 1
+            continue
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+            counted[kind] = counted.get(kind, 0) + 1
+        except Exception as e:  # ValidationError, SchemaNotFoundError, ...
+            msg = getattr(e, "message", str(e))
+            problems.append(f"{kind}/{doc.get('metadata', {}).get('name')}: {msg}")
+    fail_if(problems, f"Kubernetes {version}")
+    print(", ".join(f"{k} x{v}" for k, v in sorted(counted.items())))
+
+
+# -- facts SET RENDERED CHART_YAML ALERTS DASHBOARD ----------------------------
+def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
+    docs = load_all(rendered)
+    chart = yaml.safe_load(open(chart_yaml))
+    problems = []
+
+    def check(condition, message):
+        if not condition:
+            problems.append(message)
+
+    def of_kind(kind):
+        return [d for d in docs if d["kind"] == kind]
+
+    def one(kind, suffix=""):
+        found = [d for d in of_kind(kind) if d["metadata"]["name"].endswith(suffix)]
+        check(len(found) == 1, f"expected one {kind} named *{suffix}, found {len(found)}")
+        return found[0] if found else {}
+
+    standard = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/version",
+                "app.kubernetes.io/managed-by", "app.kubernetes.io/component", "helm.sh/chart")
+    for doc in docs:
+        labels = doc["metadata"].get("labels", {})
+        for key in standard:
+            check(key in labels, f"{doc['kind']}/{doc['metadata']['name']} lacks label {key}")
+
+    def hardened(pod_spec, where):
+        check(pod_spec.get("automountServiceAccountToken") is False, f"{where}: service account token is mounted")
+        psc = pod_spec.get("securityContext", {})
+        check(psc.get("runAsNonRoot") is True, f"{where}: runAsNonRoot")
+        check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{where}: seccomp RuntimeDefault")
+        for c in pod_spec["containers"]:
+            sc = c.get("securityContext", {})
+            check(sc.get("allowPrivilegeEscalation") is False, f"{where}/{c['name']}: allowPrivilegeEscalation")
+            check(sc.get("readOnlyRootFilesystem") is True, f"{where}/{c['name']}: readOnlyRootFilesystem")
+            check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{where}/{c['name']}: capabilities drop ALL")
+            check(not sc.get("privileged"), f"{where}/{c['name']}: privileged")
+            res = c.get("resources", {})
+            check(res.get("requests") and res.get("limits"), f"{where}/{c['name']}: requests and limits")
+
+    # Deployment ------------------------------------------------------------
+    deployment = one("Deployment")
+    fail_if(problems, value_set)  # nothing below makes sense without it
+    pod_template = deployment["spec"]["template"]
+    pod = pod_template["spec"]
+    container = pod["containers"][0]
+    env = {e["name"]: e for e in container.get("env", [])}
+    hardened(pod, "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pod_labels = pod_template["metadata"]["labels"]
+    check(selector.items() <= pod_labels.items(), "the Deployment's selector does not match its pods")
+    check(selector.get("app.kubernetes.io/component") == "server", "selector lacks component=server")
+    check(deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0, "rollout may drop below capacity")
+    check("checksum/config" in pod_template["metadata"].get("annotations", {}), "no checksum/config annotation")
+    check(pod.get("topologySpreadConstraints"), "no topologySpreadConstraints")
+    for tsc in pod.get("topologySpreadConstraints", []):
+        check(tsc["labelSelector"]["matchLabels"] == selector, "topology spread selects other pods")
+
+    def seconds(name):
+        m = re.fullmatch(r"(\d+)s", env[name]["value"])
+        check(m, f"{name} is not a whole number of seconds")
+        return int(m.group(1)) if m else 0
+
+    budget = seconds("USER_SERVICE__SHUTDOWN__DRAIN_DELAY") + seconds("USER_SERVICE__SHUTDOWN__TIMEOUT") + 5
+    check(pod["terminationGracePeriodSeconds"] >= budget,
+          f"terminationGracePeriodSeconds {pod['terminationGracePeriodSeconds']} < drain + timeout + 5 = {budget}")
+    cports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    check(env["USER_SERVICE__GRPC__ADDR"]["value"] == f"0.0.0.0:{cports.get('grpc')}", "gRPC address and container port differ")
+    check(env["USER_SERVICE__ADMIN__ADDR"]["value"] == f"0.0.0.0:{cports.get('admin')}", "admin address and container port differ")
+    check(env.get("USER_SERVICE__LOG__FORMAT", {}).get("value") == "json", "logs are not JSON")
+    check(env.get("OTEL_SERVICE_NAME", {}).get("value"), "OTEL_SERVICE_NAME not set")
+
+    if "grpc" in container["readinessProbe"]:
+        for probe, service in (("startupProbe", ""), ("livenessProbe", ""), ("readinessProbe", "user.v1.UserService")):
+            spec = container.get(probe, {}).get("grpc", {})
+            check(type(spec.get("port")) is int and spec.get("port") == cports.get("grpc"),
+                  f"{probe}: gRPC port must be the number {cports.get('grpc')}, got {spec.get('port')!r}")
+            check(spec.get("service") == service, f"{probe}: service should be {service!r}, got {spec.get('service')!r}")
+    else:
+        for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+            http = container.get(probe, {}).get("httpGet", {})
+            check(http.get("path") == path, f"{probe}: HTTP path should be {path}")
+            check(http.get("port") in ("admin", cports.get("admin")), f"{probe}: not on the admin port")
+
+    # The config file, when there is one.
+    cms = [d for d in of_kind("ConfigMap") if d["metadata"]["name"].endswith("-config")]
+    if cms:
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        check(volumes.get("config", {}).get("configMap", {}).get("name") == cms[0]["metadata"]["name"],
+              "config volume does not reference the ConfigMap")
+        check(mounts.get("config", {}).get("mountPath") == "/etc/user-service", "config not mounted at /etc/user-service")
+        args = container.get("args", [])
+        check(args[:2] == ["--config", "/etc/user-service/config.toml"] and "config.toml" in cms[0]["data"],
+              f"--config does not point at the mounted file: {args}")
+    else:
+        check(container.get("args") == ["serve"], f"args {container.get('args')}")
+
+    # Services ----------------------------------------------------------------
+    services = of_kind("Service")
+    main = [s for s in services if s["spec"].get("clusterIP") != "None"]
+    check(len(main) == 1, "expected one non-headless Service")
+    service = main[0] if main else {"metadata": {"name": "", "labels": {}}, "spec": {"ports": []}}
+    ports = {p["name"]: p for p in service["spec"]["ports"]}
+    check(ports.get("grpc", {}).get("appProtocol") == "kubernetes.io/h2c", "Service grpc port lacks appProtocol kubernetes.io/h2c")
+    check(ports.get("metrics", {}).get("port") == cports.get("admin"), "Service has no metrics port on the admin port")
+    for s in services:
+        check(s["spec"]["selector"] == selector, f"Service {s['metadata']['name']} selects other pods than the Deployment's")
+        for p in s["spec"]["ports"]:
+            check(p["targetPort"] in cports, f"Service {s['metadata']['name']} targets unknown port {p['targetPort']}")
+    check(sum(1 for s in services for p in s["spec"]["ports"] if p["name"] == "metrics") == 1,
+          "more than one Service publishes metrics (pods would be scraped twice)")
+
+    # Database ------------------------------------------------------------------
+    postgres = "USER_SERVICE__STORE__URL" in env
+    if postgres:
+        ref = env["USER_SERVICE__STORE__URL"].get("valueFrom", {}).get("secretKeyRef")
+        check(ref, "the database URL is not read from a Secret")
+    for e in container.get("env", []):
+        check("postgres://" not in str(e.get("value", "")), f"plaintext database URL in env {e['name']}")
+    jobs = of_kind("Job")
+    for job in jobs:
+        ann = job["metadata"].get("annotations", {})
+        check(set(ann.get("helm.sh/hook", "").split(",")) == {"pre-install", "pre-upgrade"},
+              f"migration Job hook is {ann.get('helm.sh/hook')!r}")
+        jspec = job["spec"]["template"]["spec"]
+        jc = jspec["containers"][0]
+        check(jc["args"] == ["migrate"], "migration Job does not run `migrate`")
+        check(jc["image"] == container["image"], "migration Job runs another image")
+        jenv = {e["name"]: e for e in jc.get("env", [])}
+        check(jenv.get("USER_SERVICE__STORE__URL") == env.get("USER_SERVICE__STORE__URL"),
+              "migration Job reads another database secret than the pods")
+        check(jspec.get("restartPolicy") == "Never", "migration Job restarts in place")
+        jlabels = job["spec"]["template"]["metadata"].get("labels", {})
+        check(not selector.items() <= jlabels.items(), "migration pods match the Service selector")
+        hardened(jspec, "migration Job")
+    for secret in of_kind("Secret"):
+        ann = secret["metadata"].get("annotations", {})
+        check("pre-install" in ann.get("helm.sh/hook", ""), "the DB Secret must exist before the migration hook")
+        weights = [int(j["metadata"]["annotations"].get("helm.sh/hook-weight", "0")) for j in jobs]
+        check(all(int(ann.get("helm.sh/hook-weight", "0")) < w for w in weights), "Secret hook runs after the Job")
+
+    # helm test -------------------------------------------------------------------
+    tests = [d for d in of_kind("Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
+    if value_set != "loadbalancer-values":
+        check(len(tests) == 1, "no helm test pod")
+    for t in tests:
+        hardened(t["spec"], "test pod")
+        tc = t["spec"]["containers"][0]
+        image = tc["image"]
+        check("grpc-health-probe" in image and re.search(r":v\d+\.\d+\.\d+$", image), f"test image not pinned: {image}")
+        args = tc.get("args", [])
+        check(f"-addr={service['metadata']['name']}:{ports.get('grpc', {}).get('port')}" in args,
+              f"helm test does not target the Service's grpc port: {args}")
+        check("-service=user.v1.UserService" in args, "helm test does not check readiness")
+        check(not selector.items() <= t["metadata"]["labels"].items(), "test pod matches the Service selector")
+
+    # The image tag defaults to the chart's appVersion.
+    if value_set in ("default", "memory-values"):
+        check(container["image"].endswith(":" + str(chart["appVersion"])), f"image tag is not appVersion: {container['image']}")
+        check(deployment["spec"]["replicas"] == 1, "memory store with more than one replica")
+        check(not postgres and not jobs and not of_kind("Secret"), "memory store renders database parts")
+
+    if value_set == "postgres-full-values":
+        check(postgres and len(jobs) == 1, "postgres set lacks its migration Job")
+        check(ref == {"name": "user-service-db", "key": "url"}, f"URL not taken from the existing Secret: {ref}")
+        check(not of_kind("Secret"), "chart creates a Secret although existingSecret is set")
+        check(env["USER_SERVICE__STORE__MIGRATE"]["value"] == "false", "pods migrate although the hook Job does")
+        check("replicas" not in deployment["spec"], "replicas set although the HPA owns them")
+        hpa = one("HorizontalPodAutoscaler")
+        check(hpa.get("apiVersion") == "autoscaling/v2", "HPA is not autoscaling/v2")
+        check(hpa.get("spec", {}).get("scaleTargetRef", {}).get("name") == deployment["metadata"]["name"], "HPA scales something else")
+        check(hpa.get("spec", {}).get("minReplicas") == 3, "HPA minReplicas")
+        pdb = one("PodDisruptionBudget")
+        check(pdb.get("spec", {}).get("selector", {}).get("matchLabels") == selector, "PDB selects other pods")
+        netpol = one("NetworkPolicy")
+        np_ports = sorted(p["port"] for r in netpol.get("spec", {}).get("ingress", []) for p in r["ports"])
+        check(np_ports == sorted([cports["grpc"], cports["admin"]]), f"NetworkPolicy opens {np_ports}")
+        check(netpol.get("spec", {}).get("podSelector", {}).get("matchLabels") == selector, "NetworkPolicy selects other pods")
+        grpc_rule = next((r for r in netpol.get("spec", {}).get("ingress", [])
+                          if any(p["port"] == cports["grpc"] for p in r["ports"])), {})
+        for t in tests:
+            check(not grpc_rule.get("from") or any(
+                      f.get("podSelector", {}).get("matchLabels", {}).items() <= t["metadata"]["labels"].items()
+                      and "namespaceSelector" not in f for f in grpc_rule["from"]),
+                  "NetworkPolicy blocks the helm test pod")
+        headless = one("Service", "-headless")
+        check(headless.get("spec", {}).get("clusterIP") == "None", "headless Service is not headless")
+        check(headless.get("spec", {}).get("ports", [{}])[0].get("appProtocol") == "kubernetes.io/h2c", "headless Service lacks h2c")
+        ingress = one("Ingress")
+        check(ingress["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPC", "Ingress is not GRPC")
+        backend = ingress["spec"]["rules"][0]["http"]["paths"][0]["backend"]["service"]
+        check(backend["name"] == service["metadata"]["name"] and backend["port"].get("name") in ports, "Ingress points elsewhere")
+        route = one("GRPCRoute")
+        check(route.get("apiVersion") == "gateway.networking.k8s.io/v1", "GRPCRoute is not gateway.networking.k8s.io/v1")
+        rb = route["spec"]["rules"][0]["backendRefs"][0]
+        check(rb["name"] == service["metadata"]["name"] and rb["port"] == ports["grpc"]["port"], "GRPCRoute points elsewhere")
+        check(route["spec"].get("parentRefs"), "GRPCRoute has no parentRefs")
+        monitor = one("ServiceMonitor")
+        check(monitor.get("apiVersion") == "monitoring.coreos.com/v1", "ServiceMonitor is not monitoring.coreos.com/v1")
+        endpoint = monitor["spec"]["endpoints"][0]
+        check(endpoint["port"] == "metrics" and endpoint.get("path") == "/metrics", "ServiceMonitor scrapes the wrong port or path")
+        check(monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(), "ServiceMonitor selects no Service")
+        check(service["metadata"]["labels"].get(monitor["spec"].get("jobLabel")) == "user-service",
+              "ServiceMonitor's job label would not be user-service (alerts match job=~\".*user-service.*\")")
+        rule = one("PrometheusRule")
+        check(rule["spec"] == yaml.safe_load(open(alerts_path)), "PrometheusRule differs from the canonical alert rules")
+        check("{{ $labels.job }}" in json.dumps(rule["spec"]), "Helm rendered the alert annotations' templates")
+        dashboard = one("ConfigMap", "-dashboard")
+        check(dashboard["metadata"]["labels"].get("grafana_dashboard") == "1", 'dashboard ConfigMap lacks grafana_dashboard: "1"')
+        body = dashboard["data"]["user-service.json"]
+        check(json.loads(body) == json.load(open(dashboard_path)), "dashboard ConfigMap differs from the canonical dashboard")
+        check("{{grpc_method}}" in body and "${datasource}" in body, "Helm rendered the dashboard's {{...}} legends")
+        check(env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].startswith("http"), "OTLP endpoint not passed")
+
+    if value_set == "loadbalancer-values":
+        check(service["spec"]["type"] == "LoadBalancer", "Service is not a LoadBalancer")
+        check(service["spec"].get("loadBalancerSourceRanges") == ["203.0.113.0/24"], "loadBalancerSourceRanges lost")
+        check(service["spec"].get("externalTrafficPolicy") == "Local", "externalTrafficPolicy lost")
+        check(not any(s["spec"].get("clusterIP") == "None" for s in services), "headless Service although disabled")
+        check(len(of_kind("Secret")) == 1 and not jobs, "expected the chart's Secret and no migration Job")
+        secret = of_kind("Secret")[0] if of_kind("Secret") else {"metadata": {"name": ""}}
+        check(ref == {"name": secret["metadata"]["name"], "key": "url"}, "pods do not read the chart's Secret")
+        check(env["USER_SERVICE__STORE__MIGRATE"]["value"] == "true", "pods must migrate when the hook Job is off")
+        check(cms, "configFile did not render a ConfigMap")
+        check(not tests, "tests.enabled=false still renders the test pod")
+
+    fail_if(problems, value_set)
+    print(f"{len(docs)} objects")
+
+
+# -- dashboard DASHBOARD RULES_OUT: checks it, writes its queries as recording
+# rules so that promtool parses every PromQL expression --------------------------
+KNOWN_METRICS = {
+    "grpc_server_started_total", "grpc_server_handled_total", "grpc_server_msg_received_total",
+    "grpc_server_msg_sent_total", "grpc_server_handling_seconds_bucket", "grpc_server_handling_seconds_sum",
+    "grpc_server_handling_seconds_count", "process_resident_memory_bytes", "process_cpu_seconds_total",
+    "process_open_fds", "process_max_fds", "process_start_time_seconds", "user_service_build_info",
+    "user_service_store_operation_duration_seconds_bucket", "user_service_store_operation_duration_seconds_count",
+    "user_service_store_operation_duration_seconds_sum", "user_service_store_pool_connections",
+    "user_service_store_pool_max_connections", "up",
+}
+
+
+def dashboard(path, rules_out):
+    dash = json.load(open(path))
+    problems = []
+    for key in ("uid", "title", "schemaVersion", "panels", "templating"):
+        if key not in dash:
+            problems.append(f"missing top-level {key!r}")
+    if "__inputs" in dash or "__requires" in dash:
+        problems.append("__inputs/__requires cannot be resolved by sidecar provisioning; use the datasource variable")
+    variables = {v["name"]: v for v in dash.get("templating", {}).get("list", [])}
+    if variables.get("datasource", {}).get("type") != "datasource" or variables["datasource"].get("query") != "prometheus":
+        problems.append("no template variable 'datasource' of type datasource for prometheus")
+    for name in ("job", "namespace", "method"):
+        v = variables.get(name, {})
+        if v.get("type") != "query" or v.get("datasource", {}).get("uid") not in ("${datasource}", "$datasource"):
+            problems.append(f"no query variable {name!r} on ${{datasource}}")
+    ids = [p.get("id") for p in dash.get("panels", [])]
+    if len(ids) != len(set(ids)):
+        problems.append("panel ids are not unique")
+
+    exprs = []
+    for panel in dash.get("panels", []):
+        if panel.get("type") == "row":
+            continue
+        title = panel.get("title")
+        if panel.get("datasource", {}).get("uid") not in ("${datasource}", "$datasource"):
+            problems.append(f"panel {title!r} does not use ${{datasource}}")
+        if not panel.get("targets"):
+            problems.append(f"panel {title!r} has no query")
+        if not all(k in panel.get("gridPos", {}) for k in "xywh"):
+            problems.append(f"panel {title!r} has no gridPos")
+        for target in panel.get("targets", []):
+            if target.get("datasource", {}).get("uid") not in ("${datasource}", "$datasource"):
+                problems.append(f"a target of {title!r} does not use ${{datasource}}")
+            expr = target.get("expr", "")
+            exprs.append((title, expr))
+            for var in re.findall(r"\$\{?(\w+)", expr):
+                if var not in variables and not var.startswith("__"):
+                    problems.append(f"{title!r} uses undefined variable ${var}")
+            for metric in re.findall(r"\b((?:grpc_server|process|user_service)_\w+)", expr):
+                if metric not in KNOWN_METRICS:
+                    problems.append(f"{title!r} queries {metric}, which the service does not export")
+            if "grpc_service" in expr and 'grpc_service="user.v1.UserService"' not in expr:
+                problems.append(f"{title!r} does not select grpc_service=\"user.v1.UserService\"")
+
+    text = "\n".join(e for _, e in exprs)
+    for needed in ("grpc_server_handled_total", "grpc_server_handling_seconds_bucket", "grpc_server_started_total",
+                   "grpc_server_msg_sent_total", "grpc_server_msg_received_total", "process_cpu_seconds_total",
+                   "process_resident_memory_bytes", "process_open_fds",
+                   "user_service_store_operation_duration_seconds_bucket", "user_service_store_pool_connections"):
+        if needed not in text:
+            problems.append(f"no panel queries {needed}")
+    for q in ("0.5", "0.9", "0.99"):
+        if not re.search(rf"histogram_quantile\({q}, sum by \([^)]*\ble\b[^)]*\) \(rate\(grpc_server_handling_seconds_bucket", text):
+            problems.append(f"no p{q} latency query by le")
+    if "Unknown|DeadlineExceeded|Unimplemented|Internal|Unavailable|DataLoss" not in text:
+        problems.append("no error-ratio query on the server-error codes")
+    if not re.search(r"\(grpc_server_started_total\{[^}]*\}\)\s*-\s*sum(?: by \([^)]*\))? \(grpc_server_handled_total", text):
+        problems.append("no in-flight (started - handled) query")
+    legends = [t.get("legendFormat", "") for p in dash.get("panels", []) for t in p.get("targets", [])]
+    if not any("{{grpc_method}}" in l for l in legends):
+        problems.append("no {{grpc_method}} legend")
+
+    # Grafana's variables replaced by values PromQL accepts, for promtool.
+    subst = [(r"\$\{?__rate_interval\}?|\$\{?__interval\}?|\$\{?__range\}?", "5m"), (r"\$\{?\w+\}?", ".*")]
+    rules = []
+    for i, (title, expr) in enumerate(exprs):
+        for pattern, value in subst:
+            expr = re.sub(pattern, value, expr)
+        rules.append({"record": f"dashboard:query{i}", "expr": expr})
+    with open(rules_out, "w") as f:
+        yaml.safe_dump({"groups": [{"name": "dashboard-queries", "rules": rules}]}, f)
+
+    fail_if(problems, "dashboard")
+    print(f"{len(exprs)} queries, variables {sorted(variables)}")
+
+
+# -- badmanifest OUT: an object with an unknown field, to prove strictness ----
+def badmanifest(out):
+    with open(out, "w") as f:
+        yaml.safe_dump({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"},
+                        "spec": {"ports": [{"port": 1, "appProtocl": "typo"}]}}, f)
+
+
+commands = {"validate": validate, "facts": facts, "dashboard": dashboard, "badmanifest": badmanifest}
+commands[sys.argv[1]](*sys.argv[2:])
+PYEOF
+checks() { "$PY" "$WORK/checks.py" "$@"; }
+
+# ---- 1. single sources of truth ------------------------------------------
+log "chart copies of the canonical files (fix: scripts/test-deploy.sh --sync)"
+check "$CHART/files/dashboard.json == $DASHBOARD" cmp "$DASHBOARD" "$CHART/files/dashboard.json"
+check "$CHART/files/alerts.yaml == $ALERTS" cmp "$ALERTS" "$CHART/files/alerts.yaml"
+
+# ---- 2. Prometheus rules ----------------------------------------------------
+log "Prometheus rules"
+check "promtool check rules $ALERTS" promtool check rules "$ALERTS"
+check "promtool test rules $ALERTS_TEST" promtool test rules "$ALERTS_TEST"
+check "promtool check config deploy/prometheus/prometheus.yml" promtool check config deploy/prometheus/prometheus.yml
+
+# The unit tests must catch broken expressions: each mutation of the rules
+# has to make them fail.
+mutant() { # sed expression applied to the rules
+  local dir="$WORK/mutant"
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  cp "$ALERTS_TEST" "$dir/alerts_test.yaml"
+  sed -e "$1" "$ALERTS" >"$dir/alerts.yaml"
+  if cmp -s "$ALERTS" "$dir/alerts.yaml"; then
+    echo "the mutation '$1' no longer applies to $ALERTS: update it"
+    return 1
+  fi
+  must_fail "FAILED" promtool test rules "$dir/alerts_test.yaml"
+}
+check "tests catch: page threshold 14.4x -> 144x" mutant 's/(14\.4 \* 0\.001)/(144 * 0.001)/g'
+check "tests catch: 6h/30m threshold 6x -> 60x" mutant 's/(6 \* 0\.001)/(60 * 0.001)/g'
+check "tests catch: short window 5m replaced by 1h" mutant 's/ratio_rate5m > (14/ratio_rate1h > (14/'
+check "tests catch: 3d/6h threshold 1x -> 10x" mutant 's/ratio_rate3d > 0\.001/ratio_rate3d > 0.01/'
+check "tests catch: Unavailable not counted as an error" mutant 's/|Unavailable|/|/g'
+check "tests catch: latency threshold 0.25s -> 0.1s" mutant 's/) > 0\.25$/) > 0.1/'
+check "tests catch: absent() without == 1" mutant 's/absent(up{job=~"\.\*user-service\.\*"} == 1)/absent(up{job=~".*user-service.*"})/'
+check "tests catch: unready replicas threshold" mutant 's/replicas_unavailable{deployment=~"\.\*user-service\.\*"} > 0/replicas_unavailable{deployment=~".*user-service.*"} > 1/'
+
+# ---- 3. dashboard -----------------------------------------------------------
+log "Grafana dashboard"
+check "dashboard structure, datasource variable, panels, metric names" \
+  checks dashboard "$DASHBOARD" "$WORK/dashboard-rules.yaml"
+check "every dashboard query parses as PromQL (promtool)" promtool check rules "$WORK/dashboard-rules.yaml"
+
+# ---- 4. chart ---------------------------------------------------------------
+log "kubernetes-validate is strict"
+check "kubernetes-validate refuses an unknown field" \
+  bash -c "'$PY' '$WORK/checks.py' badmanifest '$WORK/bad.yaml' && ! '$PY' '$WORK/checks.py' validate '$WORK/bad.yaml' $KUBE_VERSION"
+
 sets=(default "$CHART"/ci/*.yaml)
 for set in "${sets[@]}"; do
   name=$(basename "$set" .yaml)
   args=()
   [ "$set" != default ] && args=(-f "$set")
-  log "helm lint --strict ($name)"
-  helm lint --strict "$CHART" "${args[@]}" --kube-version "$KUBE_VERSION" >/dev/null \
-    || { helm lint --strict "$CHART" "${args[@]}" --kube-version "$KUBE_VERSION"; fail "lint $name"; }
-  log "helm template ($name) + strict schemas for Kubernetes $KUBE_VERSION"
-  helm template release "$CHART" "${args[@]}" --namespace users --kube-version "$KUBE_VERSION" >"$out/$name.yaml"
-  # --quiet prints only warnings and failures. The operator and Gateway API
-  # kinds have no bundled schema; check_manifests.py checks their wiring.
-  "$TOOLS/venv/bin/kubernetes-validate" --strict --quiet -k "$KUBE_VERSION" "$out/$name.yaml" \
-    >"$out/$name.validate" 2>&1 || true
-  if grep -v "Couldn't find schema for kind \(ServiceMonitor\|PrometheusRule\|GRPCRoute\) " "$out/$name.validate" | grep -q .; then
-    cat "$out/$name.validate"
-    fail "schema validation of $name"
-  fi
-  "$PY" scripts/check_manifests.py "$name" "$out/$name.yaml" deploy/prometheus/alerts.yaml grafana/dashboards/user-service.json
+  log "value set: $name"
+  check "helm lint --strict ($name)" \
+    "$HELM" lint --strict "$CHART" "${args[@]}" --kube-version "$KUBE_VERSION"
+  check "helm template ($name)" \
+    bash -c '"$@" >"'"$WORK/$name.yaml"'"' _ "$HELM" template release "$CHART" "${args[@]}" \
+    --namespace users --kube-version "$KUBE_VERSION"
+  for kv in "${KUBE_VERSIONS[@]}"; do
+    check "strict schemas of Kubernetes $kv ($name; skipped kinds: ${UNCHECKED_KINDS[*]})" \
+      checks validate "$WORK/$name.yaml" "$kv" "${UNCHECKED_KINDS[@]}"
+  done
+  check "facts about the rendered objects ($name)" \
+    checks facts "$name" "$WORK/$name.yaml" "$CHART/Chart.yaml" "$ALERTS" "$DASHBOARD"
 done
+
+log "the packaged chart renders the same objects"
+package_same() {
+  "$HELM" package "$CHART" -d "$WORK/pkg" >/dev/null
+  local tgz=("$WORK"/pkg/user-service-*.tgz)
+  tar -tzf "${tgz[0]}" >"$WORK/pkg/list"
+  grep -qx 'user-service/files/dashboard.json' "$WORK/pkg/list"
+  grep -qx 'user-service/files/alerts.yaml' "$WORK/pkg/list"
+  grep -qx 'user-service/values.schema.json' "$WORK/pkg/list"
+  "$HELM" template release "${tgz[0]}" -f "$CHART/ci/postgres-full-values.yaml" --namespace users \
+    --kube-version "$KUBE_VERSION" >"$WORK/packaged.yaml"
+  diff -u "$WORK/postgres-full-values.yaml" "$WORK/packaged.yaml"
+}
+check "helm package + template from the .tgz" package_same
 
 log "values the chart must refuse"
 refuse() { # description, text the error must contain, helm args...
-  local what=$1 expect=$2; shift 2
-  if helm template release "$CHART" --kube-version "$KUBE_VERSION" "$@" >"$out/refused" 2>&1; then
-    fail "accepted: $what"
-  fi
-  grep -q -- "$expect" "$out/refused" || { cat "$out/refused"; fail "refused $what, but not for mentioning '$expect'"; }
-  printf '    refused: %s\n' "$what"
+  local what=$1 expect=$2
+  shift 2
+  check "refuses $what" must_fail "$expect" "$HELM" template release "$CHART" --kube-version "$KUBE_VERSION" "$@"
 }
-refuse "an unknown top-level key" "replicas" --set replicas=3
-refuse "an unknown nested key" "typo" --set service.typo=1
-refuse "zero replicas" "replicaCount" --set replicaCount=0
-refuse "an unknown store type" "store.type" --set store.type=mysql
-refuse "a non-postgres URL" "store.postgres.url" --set store.type=postgres --set store.postgres.url=mysql://x
+refuse "replicaCount=-1" "/replicaCount" --set replicaCount=-1
+refuse "an unknown top-level key" "additional properties 'replicas' not allowed" --set replicas=3
+refuse "an unknown nested key" "additional properties 'typo' not allowed" --set service.typo=1
+refuse "a string where a port number belongs" "/ports/grpc" --set ports.grpc=grpc
+refuse "a port above 65535" "/service/port" --set service.port=70000
+refuse "resources without limits" "missing property 'limits'" --set resources.limits=null
+refuse "an unknown store type" "/store/type" --set store.type=mysql
+refuse "a non-postgres URL" "/store/postgres/url" --set store.type=postgres --set store.postgres.url=mysql://x
 refuse "postgres without a URL or Secret" "existingSecret" --set store.type=postgres
 refuse "several replicas on the memory store" "store.type=memory" --set replicaCount=3
-refuse "a grace period shorter than drain + timeout" "terminationGracePeriodSeconds" --set terminationGracePeriodSeconds=10
-refuse "a service type the chart does not support" "service.type" --set service.type=NodePort
-refuse "a bad log format" "config.logFormat" --set config.logFormat=xml
+refuse "autoscaling on the memory store" "store.type=memory" --set autoscaling.enabled=true
+refuse "minReplicas above maxReplicas" "minReplicas" --set store.type=postgres \
+  --set store.postgres.existingSecret=db --set autoscaling.enabled=true \
+  --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=2
+refuse "a grace period shorter than drain + timeout + 5s" "terminationGracePeriodSeconds" \
+  --set terminationGracePeriodSeconds=25
+refuse "a service type the chart does not support" "/service/type" --set service.type=NodePort
+refuse "source ranges on a ClusterIP Service" "loadBalancerSourceRanges" \
+  --set 'service.loadBalancerSourceRanges={10.0.0.0/8}'
+refuse "an exec probe type" "/probes/type" --set probes.type=exec
+refuse "a bad log format" "/config/logFormat" --set config.logFormat=xml
+refuse "a GRPCRoute without parentRefs" "parentRefs" --set gatewayAPI.enabled=true
+refuse "Kubernetes older than 1.27" "kubeVersion" --kube-version 1.26.0
 
-log "deployment checks passed"
+log "values the chart must honour"
+check "image.tag overrides appVersion" \
+  bash -c 'out=$("$1" template release "$2" --kube-version "$3" --set image.tag=9.9.9)
+           grep -q "image: ghcr.io/example/user-service:9.9.9" <<<"$out"' _ "$HELM" "$CHART" "$KUBE_VERSION"
+check "changing a setting changes checksum/config" bash -c '
+  a=$("$1" template r "$2" --kube-version "$3" | grep checksum/config)
+  b=$("$1" template r "$2" --kube-version "$3" --set config.logLevel=debug | grep checksum/config)
+  [ -n "$a" ] && [ "$a" != "$b" ]' _ "$HELM" "$CHART" "$KUBE_VERSION"
+check "renders at the minimum Kubernetes version (1.27.0)" \
+  bash -c '"$@" >/dev/null' _ "$HELM" template release "$CHART" -f "$CHART/ci/postgres-full-values.yaml" --kube-version 1.27.0
+
+# ---- summary ----------------------------------------------------------------
+echo
+if [ "${#failures[@]}" -gt 0 ]; then
+  echo "Failed checks:"
+  printf '  - %s\n' "${failures[@]}"
+fi
+echo "deploy: $passed passed, ${#failures[@]} failed"
+[ "${#failures[@]}" = 0 ]

@@ -1,7 +1,9 @@
+{{/* Chart name, or nameOverride. */}}
 {{- define "user-service.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* "<release>-<chart>" (63 characters at most), or fullnameOverride. */}}
 {{- define "user-service.fullname" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
@@ -15,18 +17,29 @@
 {{- end -}}
 {{- end -}}
 
+{{/* Labels that select the server pods (Services, PDB, spread, monitors).
+Never change them after install: a Deployment's selector is immutable. The
+component keeps the migration Job's and the test's pods out of the Service. */}}
 {{- define "user-service.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "user-service.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: server
 {{- end -}}
 
-{{- define "user-service.labels" -}}
+{{/* The standard app.kubernetes.io/* labels, without the component. */}}
+{{- define "user-service.commonLabels" -}}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
-{{ include "user-service.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/name: {{ include "user-service.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ default .Chart.AppVersion .Values.image.tag | trunc 63 | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
-app.kubernetes.io/component: server
 app.kubernetes.io/part-of: user-service
+{{- end -}}
+
+{{/* Labels of the server's objects. */}}
+{{- define "user-service.labels" -}}
+{{ include "user-service.commonLabels" . }}
+app.kubernetes.io/component: server
 {{- end -}}
 
 {{- define "user-service.serviceAccountName" -}}
@@ -37,6 +50,7 @@ app.kubernetes.io/part-of: user-service
 {{- end -}}
 {{- end -}}
 
+{{/* image.repository:image.tag, the tag defaulting to the chart's appVersion. */}}
 {{- define "user-service.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
@@ -77,6 +91,10 @@ capabilities:
   drop: ["ALL"]
 {{- end -}}
 
+{{/* Where the configuration file is mounted. */}}
+{{- define "user-service.configPath" -}}/etc/user-service/config.toml{{- end -}}
+
+{{/* Refuses value combinations that render valid objects but misbehave. */}}
 {{- define "user-service.validate" -}}
 {{- $c := .Values.config -}}
 {{- $needed := add $c.drainDelaySeconds $c.shutdownTimeoutSeconds 5 -}}
@@ -88,5 +106,14 @@ capabilities:
 {{- end -}}
 {{- if and (eq .Values.store.type "memory") (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) -}}
 {{- fail "store.type=memory keeps users per process: with more than one replica each would see different users; use store.type=postgres or replicaCount=1" -}}
+{{- end -}}
+{{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
+{{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
+{{- end -}}
+{{- if and .Values.gatewayAPI.enabled (not .Values.gatewayAPI.parentRefs) -}}
+{{- fail "gatewayAPI.enabled needs gatewayAPI.parentRefs (the Gateway to attach the GRPCRoute to)" -}}
+{{- end -}}
+{{- if and .Values.service.loadBalancerSourceRanges (ne .Values.service.type "LoadBalancer") -}}
+{{- fail "service.loadBalancerSourceRanges only applies to service.type=LoadBalancer" -}}
 {{- end -}}
 {{- end -}}
