@@ -179,6 +179,13 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
+/// A loopback address that was free a moment ago, for a child process to
+/// bind (it cannot take port 0 and report back as easily as in-process).
+pub fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
 /// A unique, valid email for tests that create users.
 pub fn email(tag: &str) -> String {
     format!("{tag}-{}@example.com", uuid::Uuid::now_v7().simple())

@@ -33,7 +33,7 @@ use user_service::pb::{
     user_service_client::UserServiceClient, GetUserRequest, ListUsersRequest, WatchUsersRequest,
 };
 
-use crate::helpers::{connect, create_request, http_get, spawn_app};
+use crate::helpers::{connect, create_request, free_addr, http_get, spawn_app};
 
 // ---------------------------------------------------------------- metrics
 
@@ -275,11 +275,6 @@ async fn metrics_follow_go_grpc_prometheus_and_count_stream_messages() {
 }
 
 // ------------------------------------------------------------- Prometheus
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
 
 fn url_encode(raw: &str) -> String {
     raw.bytes()

@@ -1,7 +1,6 @@
 //! The graceful shutdown sequence Kubernetes relies on.
 
 use std::{
-    net::{SocketAddr, TcpListener},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -15,7 +14,7 @@ use tonic_health::pb::{
 };
 use user_service::pb::{ListUsersRequest, UpdateUserRequest, WatchUsersRequest};
 
-use crate::helpers::{connect, create_request, http_get, spawn_app_with, test_settings};
+use crate::helpers::{connect, create_request, free_addr, http_get, spawn_app_with, test_settings};
 
 async fn readiness(channel: tonic::transport::Channel, service: &str) -> ServingStatus {
     let response = HealthClient::new(channel)
@@ -202,15 +201,10 @@ async fn streams_still_open_at_the_timeout_are_cancelled() {
     drop(tx);
 }
 
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
 #[tokio::test]
 async fn the_binary_drains_and_exits_zero_on_sigterm_and_sigint() {
     for signal in ["-TERM", "-INT"] {
-        let (grpc, admin) = (free_port(), free_port());
+        let (grpc, admin) = (free_addr(), free_addr());
         let mut child = Command::new(env!("CARGO_BIN_EXE_user-service"))
             .args([
                 "--grpc-addr",
