@@ -271,6 +271,12 @@ async fn metrics_follow_go_grpc_prometheus_and_count_stream_messages() {
         ),
         Some(1.0)
     );
+    // The log writer never blocks a call; what it had to drop is counted.
+    assert_eq!(
+        value(&after, "user_service_log_lines_dropped_total", &[]),
+        Some(0.0),
+        "{body}"
+    );
     app.stop().await;
 }
 
