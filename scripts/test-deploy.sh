@@ -824,6 +824,7 @@ check "renders at the minimum Kubernetes version (1.27.0)" \
   bash -c '"$@" >/dev/null' _ "$HELM" template release "$CHART" -f "$CHART/ci/postgres-full-values.yaml" \
   "${CRD_API_ARGS[@]}" --kube-version 1.27.0
 check "the test image comes from tests.image.* (mirrors for offline clusters)" bash -c '
+  set -euo pipefail
   out=$("$1" template r "$2" --kube-version "$3" --set tests.image.repository=mirror.internal:5000/grpc-health-probe \
         --set tests.image.tag=v9.9.9 --set tests.image.pullPolicy=Never --set "imagePullSecrets[0].name=mirror")
   test=$(awk "/^# Source: user-service\/templates\/tests\//,0" <<<"$out")
@@ -831,6 +832,7 @@ check "the test image comes from tests.image.* (mirrors for offline clusters)" b
   grep -q "imagePullPolicy: Never" <<<"$test"
   grep -q "name: mirror" <<<"$test"' _ "$HELM" "$CHART" "$KUBE_VERSION"
 check "every image of the chart is a value (no hard-coded registry)" bash -c '
+  set -euo pipefail
   out=$("$1" template r "$2" -f "$2/ci/postgres-url-values.yaml" --kube-version "$3" \
         --set image.repository=mirror.internal/us --set tests.image.repository=mirror.internal/probe)
   images=$(grep -E "^\s*image: " <<<"$out" | sort -u)
