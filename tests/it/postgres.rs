@@ -24,7 +24,7 @@ use user_service::{
 };
 
 use crate::{
-    helpers::{create_request, http_get, spawn_app_with, TestApp},
+    helpers::{connect, create_request, http_get, spawn_app_with, TestApp},
     pg,
 };
 
@@ -431,7 +431,7 @@ async fn calls_before_the_migrations_are_unavailable_then_served_once_migrated()
     let task = tokio::spawn(server.run(async {
         let _ = stopped.await;
     }));
-    let mut client = UserServiceClient::new(crate::helpers::connect(grpc).await);
+    let mut client = UserServiceClient::new(connect(grpc).await);
 
     // Readiness tells the load balancer the truth meanwhile.
     wait_readyz(admin, 503, Duration::from_secs(5)).await;
