@@ -60,6 +60,12 @@ app.kubernetes.io/component: server
 {{- default (printf "%s-db" (include "user-service.fullname" .)) .Values.store.postgres.existingSecret -}}
 {{- end -}}
 
+{{/* The Secret holding the JWT secret, and where it is mounted. */}}
+{{- define "user-service.jwtSecretName" -}}
+{{- default (printf "%s-jwt" (include "user-service.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+{{- define "user-service.jwtSecretDir" -}}/run/secrets/user-service{{- end -}}
+
 {{/* Environment shared by the server and the migration Job. */}}
 {{- define "user-service.storeEnv" -}}
 {{- if eq .Values.store.type "postgres" }}
