@@ -143,6 +143,9 @@ impl Verifier {
         }
         let mut validation = Validation::new(key.alg);
         validation.leeway = self.leeway;
+        // jsonwebtoken skips `nbf` unless asked; a token not valid yet is
+        // as unusable as an expired one.
+        validation.validate_nbf = true;
         let mut required = vec!["exp", "sub"];
         if let Some(issuer) = &self.issuer {
             validation.set_issuer(&[issuer]);

@@ -303,6 +303,12 @@ fn bad_tokens(self_id: &str) -> Vec<(&'static str, Option<String>)> {
     no_issuer.as_object_mut().unwrap().remove("iss");
     let mut no_audience = claims(self_id, &["admin"]);
     no_audience.as_object_mut().unwrap().remove("aud");
+    let mut not_yet_valid = claims(self_id, &["admin"]);
+    not_yet_valid["nbf"] = json!(now() + 3600);
+    let mut no_sub = claims(self_id, &["admin"]);
+    no_sub.as_object_mut().unwrap().remove("sub");
+    let mut roles_not_a_list = claims(self_id, &[]);
+    roles_not_a_list["roles"] = json!("admin");
     let mut no_exp = claims(self_id, &["admin"]);
     no_exp.as_object_mut().unwrap().remove("exp");
     vec![
@@ -335,6 +341,9 @@ fn bad_tokens(self_id: &str) -> Vec<(&'static str, Option<String>)> {
         ("no issuer", Some(hs(&no_issuer))),
         ("no audience", Some(hs(&no_audience))),
         ("no exp", Some(hs(&no_exp))),
+        ("nbf in the future", Some(hs(&not_yet_valid))),
+        ("no sub", Some(hs(&no_sub))),
+        ("roles not a list", Some(hs(&roles_not_a_list))),
     ]
 }
 
