@@ -1183,3 +1183,116 @@ async fn a_real_process_logs_none_of_the_secrets_tokens_or_passwords() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_provider_down_at_startup_does_not_block_and_its_keys_are_used_once_it_answers() {
+    let provider = JwksServer::start(String::new()).await;
+    provider.set(503, "starting".into());
+    let mut settings = auth_settings();
+    settings.auth.jwks_url = Some(provider.url.clone());
+    settings.auth.jwks_min_refresh_interval = Duration::from_millis(200);
+    settings.auth.jwks_refresh_interval = Duration::from_secs(3600);
+    let app = spawn_app_with(settings).await;
+    let me = sign_up(&app.channel, "late-idp").await;
+    let token = sign(
+        Algorithm::RS256,
+        &rsa_key("rsa-a.key.pem"),
+        Some("k1"),
+        &claims(&me, &[]),
+    );
+    assert_eq!(
+        call(&app.channel, Method::GetUser, Some(&token), &me).await,
+        Code::Unauthenticated
+    );
+    provider.set(200, jwks(&[("k1", "rsa-a.key.pem")]));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        call(&app.channel, Method::GetUser, Some(&token), &me).await,
+        Code::Ok
+    );
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn the_client_library_and_userctl_send_the_token_on_every_call() {
+    use user_service::client::{ClientConfig, ClientError, UserClient};
+    let app = spawn_app_with(hs_settings()).await;
+    let me = sign_up(&app.channel, "client").await;
+    let endpoint = format!("http://{}", app.grpc_addr);
+    let admin = UserClient::connect(ClientConfig {
+        endpoint: endpoint.clone(),
+        token: Some(Secret::new(hs(&claims("ops", &["admin"])))),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(admin.get_user(&me).await.unwrap().id, me);
+    let mut users = admin
+        .list_users(0, "", Duration::from_secs(10))
+        .await
+        .unwrap();
+    use futures_util::StreamExt;
+    assert!(users.next().await.unwrap().is_ok());
+    let watch = admin
+        .watch_users(vec![], Some(Duration::from_millis(200)))
+        .await;
+    assert!(watch.is_ok());
+    let anonymous = UserClient::connect(ClientConfig {
+        endpoint: endpoint.clone(),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        anonymous.get_user(&me).await,
+        Err(ClientError::Unauthenticated(_))
+    ));
+    let user = UserClient::connect(ClientConfig {
+        endpoint: endpoint.clone(),
+        token: Some(Secret::new(hs(&claims(&me, &[])))),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(
+        user.delete_user(&me).await,
+        Err(ClientError::PermissionDenied(_))
+    ));
+
+    let userctl = |token: Option<String>, args: &[&str]| {
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_userctl"));
+        command
+            .arg("--addr")
+            .arg(&endpoint)
+            .args(args)
+            .env_remove("USERCTL_TOKEN");
+        if let Some(token) = token {
+            command.env("USERCTL_TOKEN", token);
+        }
+        command.output()
+    };
+    let out = userctl(Some(hs(&claims(&me, &[]))), &["get", &me])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&me));
+    let out = userctl(None, &["get", &me]).await.unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthenticated"));
+    // --token works as well as the environment variable.
+    let admin_token = hs(&claims("ops", &["admin"]));
+    let out = userctl(None, &["--token", &admin_token, "list"])
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&me));
+    app.stop().await;
+}
