@@ -1296,3 +1296,62 @@ async fn the_client_library_and_userctl_send_the_token_on_every_call() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(&me));
     app.stop().await;
 }
+
+#[tokio::test]
+async fn grpcurl_calls_with_the_readme_header_and_reflection_stays_public() {
+    let app = spawn_app_with(hs_settings()).await;
+    let me = sign_up(&app.channel, "grpcurl").await;
+    let addr = app.grpc_addr.to_string();
+    let grpcurl = |args: Vec<String>| async move {
+        match tokio::process::Command::new("grpcurl")
+            .args(&args)
+            .output()
+            .await
+        {
+            Ok(output) => output,
+            Err(err) => panic!(
+                "cannot run grpcurl ({err}); run the suite with `make test`, which installs it"
+            ),
+        }
+    };
+    let body = format!("{{\"user_id\":\"{me}\"}}");
+    let header = format!("authorization: Bearer {}", hs(&claims(&me, &[])));
+    let with = grpcurl(vec![
+        "-plaintext".into(),
+        "-H".into(),
+        header,
+        "-d".into(),
+        body.clone(),
+        addr.clone(),
+        "user.v1.UserService/GetUser".into(),
+    ])
+    .await;
+    assert!(
+        with.status.success(),
+        "{}",
+        String::from_utf8_lossy(&with.stderr)
+    );
+    assert!(String::from_utf8_lossy(&with.stdout).contains(&me));
+    let without = grpcurl(vec![
+        "-plaintext".into(),
+        "-d".into(),
+        body,
+        addr.clone(),
+        "user.v1.UserService/GetUser".into(),
+    ])
+    .await;
+    assert!(!without.status.success());
+    assert!(
+        String::from_utf8_lossy(&without.stderr).contains("Unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&without.stderr)
+    );
+    // Reflection needs no token, so `grpcurl list` works as before.
+    let list = grpcurl(vec!["-plaintext".into(), addr, "list".into()]).await;
+    assert!(
+        list.status.success(),
+        "{}",
+        String::from_utf8_lossy(&list.stderr)
+    );
+    app.stop().await;
+}
