@@ -597,6 +597,11 @@ impl Settings {
                 self.auth.jwks_refresh_interval,
             ),
             ("auth.jwks_timeout", self.auth.jwks_timeout),
+            // Zero would let every unknown `kid` trigger a fetch.
+            (
+                "auth.jwks_min_refresh_interval",
+                self.auth.jwks_min_refresh_interval,
+            ),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {

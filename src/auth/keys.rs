@@ -216,6 +216,9 @@ impl Jwks {
         // which rustls already has in this tree. An error means another
         // provider was installed first, which serves as well.
         let _ = rustls::crypto::ring::default_provider().install_default();
+        if url.starts_with("http://") {
+            tracing::warn!(%url, "the JWKS is fetched over plain HTTP: anyone on the path could swap the keys");
+        }
         let client = reqwest::Client::builder()
             .timeout(auth.jwks_timeout)
             .connect_timeout(auth.jwks_timeout)

@@ -995,6 +995,24 @@ fn auth_config_errors_stop_startup_with_exit_code_2() {
             vec![("USER_SERVICE__AUTH__COLOUR", "blue".into())],
             "colour",
         ),
+        (
+            vec![("USER_SERVICE__AUTH__JWKS_MIN_REFRESH_INTERVAL", "0s".into())],
+            "auth.jwks_min_refresh_interval",
+        ),
+        (
+            vec![
+                (
+                    "USER_SERVICE__STORE__URL",
+                    "postgres://app:pw-in-env@db/users".into(),
+                ),
+                ("USER_SERVICE__STORE__URL_FILE", short.display().to_string()),
+            ],
+            "not both",
+        ),
+        (
+            vec![("USER_SERVICE__STORE__URL_FILE", short.display().to_string())],
+            "store.url_file",
+        ),
     ];
     for (env, expected) in cases {
         let mut command = bin();
@@ -1006,10 +1024,9 @@ fn auth_config_errors_stop_startup_with_exit_code_2() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{env:?}: {stderr}");
         assert!(stderr.contains(expected), "{env:?}: {stderr}");
-        assert!(
-            !stderr.contains("tooshort-but-secret") && !stderr.contains(SECRET),
-            "{stderr}"
-        );
+        for secret in ["tooshort-but-secret", SECRET, "pw-in-env"] {
+            assert!(!stderr.contains(secret), "{stderr}");
+        }
     }
 }
 
