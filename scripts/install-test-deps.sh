@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 
 GRPCURL_VERSION=v1.9.3
 GRPC_HEALTH_PROBE_VERSION=v0.4.61
+CARGO_DENY_VERSION=0.20.2
 TOOLS_BIN="$PWD/.tools/bin"
 
 log() { printf '==> %s\n' "$*"; }
@@ -61,5 +62,14 @@ go_tool() { # name module version
 }
 go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
 go_tool grpc-health-probe github.com/grpc-ecosystem/grpc-health-probe "$GRPC_HEALTH_PROBE_VERSION"
+
+# cargo-deny is built once per version into the user cache (a build takes
+# minutes) and linked into .tools/bin, so a fresh checkout reuses it.
+deny_root="${XDG_CACHE_HOME:-$HOME/.cache}/user-service/cargo-deny-$CARGO_DENY_VERSION"
+if [ ! -x "$deny_root/bin/cargo-deny" ]; then
+  log "cargo install cargo-deny $CARGO_DENY_VERSION"
+  cargo install --locked --version "$CARGO_DENY_VERSION" cargo-deny --root "$deny_root"
+fi
+ln -sf "$deny_root/bin/cargo-deny" "$TOOLS_BIN/cargo-deny"
 
 log "test dependencies ready"

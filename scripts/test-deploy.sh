@@ -396,7 +396,8 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
     # before release resources exist, reads a hook-lived copy instead.
     def hook_of(doc):
         return doc["metadata"].get("annotations", {}).get("helm.sh/hook")
-    secrets = of_kind("Secret")
+    # The database Secrets (the JWT Secret is checked on its own).
+    secrets = [d for d in of_kind("Secret") if d["metadata"]["name"].endswith(("-db", "-db-migrate"))]
     release_secrets = [d for d in secrets if not hook_of(d)]
     hook_secrets = [d for d in secrets if hook_of(d)]
     secret_names = {d["metadata"]["name"]: d for d in secrets}
@@ -427,6 +428,32 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
               "the Job's Secret holds other data than the pods' Secret")
     check(len(hook_secrets) == (1 if release_secrets and jobs else 0),
           f"{len(hook_secrets)} hook Secrets (expected one copy exactly when the chart's Secret and the Job are both rendered)")
+
+    # Authentication ------------------------------------------------------------
+    # On in every value set; the HS256 secret reaches the pods as a file from
+    # a Secret (the chart's own, or auth.existingSecret), never as a value.
+    check(env.get("USER_SERVICE__AUTH__ENABLED", {}).get("value") == "true", "auth is not enabled")
+    check("USER_SERVICE__AUTH__JWT_SECRET" not in env, "the JWT secret is passed as an environment value")
+    secret_file = env.get("USER_SERVICE__AUTH__JWT_SECRET_FILE", {}).get("value", "")
+    mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    jwt_mount = mounts.get("jwt-secret", {})
+    jwt_volume = volumes.get("jwt-secret", {}).get("secret", {})
+    check(jwt_mount.get("readOnly") is True and secret_file == jwt_mount.get("mountPath", "?") + "/jwt-secret",
+          f"USER_SERVICE__AUTH__JWT_SECRET_FILE {secret_file!r} is not the mounted secret {jwt_mount}")
+    check([i.get("path") for i in jwt_volume.get("items", [])] == ["jwt-secret"], f"the secret volume does not provide jwt-secret: {jwt_volume}")
+    jwt_secrets = [d for d in of_kind("Secret") if d["metadata"]["name"] == jwt_volume.get("secretName")]
+    for secret in jwt_secrets:
+        import base64
+        key = jwt_volume["items"][0]["key"]
+        value = base64.b64decode(secret.get("data", {}).get(key, "")).decode()
+        check(len(value) >= 32, f"the chart's JWT secret is {len(value)} characters, not at least 32")
+        check(not secret["metadata"].get("annotations", {}).get("helm.sh/hook"), "the JWT Secret is a hook (deleted and recreated: tokens would break)")
+    if value_set in ("default", "memory-values", "loadbalancer-values"):
+        check(len(jwt_secrets) == 1, "the chart did not create the JWT Secret the pods mount")
+    for job in jobs:
+        jenv = {e["name"] for e in job["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+        check(not any(n.startswith("USER_SERVICE__AUTH__") for n in jenv), "the migration Job gets the JWT secret it does not need")
 
     # helm test -------------------------------------------------------------------
     tests = [d for d in of_kind("Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
@@ -459,12 +486,13 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
     if value_set in ("default", "memory-values"):
         check(container["image"].endswith(":" + str(chart["appVersion"])), f"image tag is not appVersion: {container['image']}")
         check(deployment["spec"]["replicas"] == 1, "memory store with more than one replica")
-        check(not postgres and not jobs and not of_kind("Secret"), "memory store renders database parts")
+        check(not postgres and not jobs and not db_secrets, "memory store renders database parts")
 
     if value_set == "postgres-full-values":
         check(postgres and len(jobs) == 1, "postgres set lacks its migration Job")
         check(ref == {"name": "user-service-db", "key": "url"}, f"URL not taken from the existing Secret: {ref}")
         check(not of_kind("Secret"), "chart creates a Secret although existingSecret is set")
+        check(jwt_volume.get("secretName") == "user-service-jwt", f"JWT secret not taken from auth.existingSecret: {jwt_volume}")
         check(env["USER_SERVICE__STORE__MIGRATE"]["value"] == "false", "pods migrate although the hook Job does")
         hpa = one("HorizontalPodAutoscaler")
         # No live Deployment to look up under `helm template`: minReplicas.
@@ -521,7 +549,7 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
         check(service["spec"].get("externalTrafficPolicy") == "Local", "externalTrafficPolicy lost")
         check(not any(s["spec"].get("clusterIP") == "None" for s in services), "headless Service although disabled")
         check(len(release_secrets) == 1 and not hook_secrets and not jobs, "expected the chart's Secret and no migration Job")
-        secret = of_kind("Secret")[0] if of_kind("Secret") else {"metadata": {"name": ""}}
+        secret = release_secrets[0] if release_secrets else {"metadata": {"name": ""}}
         check(ref == {"name": secret["metadata"]["name"], "key": "url"}, "pods do not read the chart's Secret")
         check(env["USER_SERVICE__STORE__MIGRATE"]["value"] == "true", "pods must migrate when the hook Job is off")
         check(cms, "configFile did not render a ConfigMap")
@@ -811,6 +839,8 @@ refuse "tests.image as a single string (the old form)" "/tests/image" \
   --set tests.image=ghcr.io/grpc-ecosystem/grpc-health-probe:v0.4.61
 refuse "an unpinned test image" "/tests/image/tag" --set tests.image.tag=
 refuse "Kubernetes older than 1.27" "kubeVersion" --kube-version 1.26.0
+refuse "a JWT secret shorter than 32 characters" "/auth/jwtSecret" --set auth.jwtSecret=too-short
+refuse "an unknown auth key" "additional properties 'secret' not allowed" --set auth.secret=x
 
 log "values the chart must honour"
 check "image.tag overrides appVersion" \
@@ -820,6 +850,18 @@ check "changing a setting changes checksum/config" bash -c '
   a=$("$1" template r "$2" --kube-version "$3" | grep checksum/config)
   b=$("$1" template r "$2" --kube-version "$3" --set config.logLevel=debug | grep checksum/config)
   [ -n "$a" ] && [ "$a" != "$b" ]' _ "$HELM" "$CHART" "$KUBE_VERSION"
+check "auth.jwtSecret becomes the Secret and rolls the pods when changed" bash -c '
+  secret=0123456789abcdef0123456789abcdef-test
+  out=$("$1" template r "$2" --kube-version "$3" --set auth.jwtSecret=$secret)
+  grep -q "jwt-secret: \"$(printf %s "$secret" | base64 -w0)\"" <<<"$out"
+  ! grep -q -- "$secret" <<<"$out"
+  a=$(grep checksum/jwt-secret <<<"$out")
+  b=$("$1" template r "$2" --kube-version "$3" --set auth.jwtSecret=${secret}x | grep checksum/jwt-secret)
+  [ -n "$a" ] && [ "$a" != "$b" ]' _ "$HELM" "$CHART" "$KUBE_VERSION"
+check "auth.enabled=false mounts no secret and sets the flag false" bash -c '
+  out=$("$1" template r "$2" --kube-version "$3" --set auth.enabled=false)
+  grep -A1 "name: USER_SERVICE__AUTH__ENABLED" <<<"$out" | grep -q "value: \"false\""
+  ! grep -q "jwt-secret" <<<"$out"' _ "$HELM" "$CHART" "$KUBE_VERSION"
 check "renders at the minimum Kubernetes version (1.27.0)" \
   bash -c '"$@" >/dev/null' _ "$HELM" template release "$CHART" -f "$CHART/ci/postgres-full-values.yaml" \
   "${CRD_API_ARGS[@]}" --kube-version 1.27.0

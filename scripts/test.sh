@@ -14,6 +14,9 @@ cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
 
+echo "==> cargo deny (licences, banned crates, sources; policy in deny.toml)"
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
+
 echo "==> cargo test (with a throwaway PostgreSQL cluster)"
 # pg_virtualenv creates a temporary cluster, exports PGHOST/PGPORT/PGUSER/
 # PGPASSWORD for it, runs the command and drops the cluster afterwards.

@@ -1,7 +1,7 @@
 //! Command-line interface: flags that override configuration, and
 //! subcommands.
 
-use std::path::PathBuf;
+use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
@@ -17,6 +17,7 @@ CONFIGURATION (lowest precedence first):
     USER_SERVICE__STORE__URL=postgres://app:secret@db:5432/users
     USER_SERVICE__SHUTDOWN__DRAIN_DELAY=5s
     USER_SERVICE__LOG__FORMAT=json
+    USER_SERVICE__AUTH__JWT_SECRET_FILE=/run/secrets/jwt-secret
   RUST_LOG, when set, overrides log.level. OTEL_EXPORTER_OTLP_ENDPOINT,
   OTEL_SERVICE_NAME and the other OTEL_* variables configure tracing.
   See config/example.toml for every key with its default.";
@@ -49,12 +50,27 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Serve gRPC and admin HTTP until SIGTERM/SIGINT (the default).
     Serve,
     /// Apply database migrations to the PostgreSQL store and exit.
     Migrate,
+    /// Print a signed JWT for calling the service, alone on stdout
+    /// (TOKEN=$(user-service token --sub ID --role admin)). Signs with
+    /// auth.jwt_secret(_file) or auth.jwt_private_key_file and carries
+    /// auth.issuer and auth.audience.
+    Token {
+        /// The token's subject: the user id it acts as.
+        #[arg(long, value_name = "ID")]
+        sub: String,
+        /// A role (repeatable), e.g. --role admin.
+        #[arg(long = "role", value_name = "ROLE")]
+        roles: Vec<String>,
+        /// How long the token is valid, e.g. 15m, 1h.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
 }
 
 impl Cli {

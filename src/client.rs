@@ -3,14 +3,20 @@
 //!
 //! What it adds over the generated stub: a deadline on every call, HTTP/2
 //! keepalive, bounded retries with backoff for idempotent reads on
-//! UNAVAILABLE, and errors a caller can match on.
+//! UNAVAILABLE, a bearer token on every call, and errors a caller can
+//! match on.
 
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use tonic::{transport::Channel, Code, Request, Status};
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+    Code, Request, Status,
+};
 use tonic_types::StatusExt;
 
+use crate::config::Secret;
 use crate::pb::{
     self, user_service_client::UserServiceClient, CreateUserRequest, DeleteUserRequest,
     GetUserRequest, ListUsersRequest, UpdateUserRequest, WatchUsersRequest,
@@ -26,6 +32,9 @@ pub struct ClientConfig {
     pub request_timeout: Duration,
     /// Attempts for idempotent reads that fail with UNAVAILABLE.
     pub read_attempts: u32,
+    /// A JWT sent as `authorization: Bearer <token>` on every call (see
+    /// `user-service token`). Redacted in `Debug`.
+    pub token: Option<Secret>,
 }
 
 impl Default for ClientConfig {
@@ -35,6 +44,7 @@ impl Default for ClientConfig {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(10),
             read_attempts: 3,
+            token: None,
         }
     }
 }
@@ -50,6 +60,10 @@ pub enum ClientError {
     NotFound(String),
     #[error("already exists: {0}")]
     AlreadyExists(String),
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
     #[error("unavailable: {0}")]
     Unavailable(String),
     #[error("{code:?}: {message}")]
@@ -82,6 +96,8 @@ impl From<Status> for ClientError {
             }
             Code::NotFound => ClientError::NotFound(message),
             Code::AlreadyExists => ClientError::AlreadyExists(message),
+            Code::Unauthenticated => ClientError::Unauthenticated(message),
+            Code::PermissionDenied => ClientError::PermissionDenied(message),
             Code::Unavailable => ClientError::Unavailable(message),
             code => ClientError::Other { code, message },
         }
@@ -92,10 +108,28 @@ impl From<Status> for ClientError {
 pub struct UserClient {
     inner: UserServiceClient<Channel>,
     config: ClientConfig,
+    /// `Bearer <token>`, built once; marked sensitive so HTTP/2 header
+    /// compression never indexes it.
+    authorization: Option<MetadataValue<Ascii>>,
 }
 
 impl UserClient {
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
+        let authorization = match &config.token {
+            Some(token) => {
+                let mut value =
+                    MetadataValue::try_from(format!("Bearer {}", token.expose().trim()))
+                        // The message must not quote the token.
+                        .map_err(|_| {
+                            ClientError::Connect(
+                                "the token contains characters a header cannot carry".into(),
+                            )
+                        })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
         let channel = Channel::from_shared(config.endpoint.clone())
             .map_err(|e| ClientError::Connect(e.to_string()))?
             .connect_timeout(config.connect_timeout)
@@ -107,12 +141,24 @@ impl UserClient {
         Ok(Self {
             inner: UserServiceClient::new(channel),
             config,
+            authorization,
         })
     }
 
     fn request<T>(&self, message: T) -> Request<T> {
-        let mut request = Request::new(message);
+        let mut request = self.authorized(message);
         request.set_timeout(self.config.request_timeout);
+        request
+    }
+
+    /// A request carrying the token, if there is one.
+    fn authorized<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        if let Some(value) = &self.authorization {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
         request
     }
 
@@ -184,7 +230,7 @@ impl UserClient {
         page_token: &str,
         timeout: Duration,
     ) -> Result<impl Stream<Item = Result<pb::User, ClientError>>, ClientError> {
-        let mut request = Request::new(ListUsersRequest {
+        let mut request = self.authorized(ListUsersRequest {
             page_size,
             page_token: page_token.into(),
         });
@@ -200,7 +246,7 @@ impl UserClient {
         user_ids: Vec<String>,
         timeout: Option<Duration>,
     ) -> Result<impl Stream<Item = Result<pb::UserEvent, ClientError>>, ClientError> {
-        let mut request = Request::new(WatchUsersRequest { user_ids });
+        let mut request = self.authorized(WatchUsersRequest { user_ids });
         if let Some(timeout) = timeout {
             request.set_timeout(timeout);
         }

@@ -31,6 +31,7 @@ pub struct Settings {
     pub log: LogSettings,
     pub telemetry: TelemetrySettings,
     pub limits: LimitSettings,
+    pub auth: AuthSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +62,9 @@ pub struct GrpcSettings {
     pub max_message_size: usize,
     /// Largest header block (gRPC metadata) of a request, in bytes.
     pub max_metadata_size: u32,
+    /// Serve gRPC reflection (v1 and v1alpha). It is public, like health,
+    /// so turn it off where the API's shape should not be discoverable.
+    pub reflection: bool,
 }
 
 impl Default for GrpcSettings {
@@ -75,6 +79,7 @@ impl Default for GrpcSettings {
             max_concurrent_streams: 1024,
             max_message_size: 4 * 1024 * 1024,
             max_metadata_size: 16 * 1024,
+            reflection: true,
         }
     }
 }
@@ -99,6 +104,9 @@ impl Default for AdminSettings {
 pub struct StoreSettings {
     /// `memory://` or `postgres://user:password@host:port/db`.
     pub url: StoreUrl,
+    /// A file holding `url` (e.g. a mounted Kubernetes Secret), read once
+    /// at startup, so the password need not sit in an environment variable.
+    pub url_file: Option<PathBuf>,
     /// PostgreSQL: apply migrations at startup (under an advisory lock).
     pub migrate: bool,
     /// PostgreSQL: pool size.
@@ -127,6 +135,7 @@ impl Default for StoreSettings {
     fn default() -> Self {
         Self {
             url: StoreUrl::memory(),
+            url_file: None,
             migrate: true,
             max_connections: 10,
             acquire_timeout: Duration::from_secs(1),
@@ -238,6 +247,144 @@ impl Default for LimitSettings {
                 .map(usize::from)
                 .unwrap_or(2),
         }
+    }
+}
+
+/// `auth`: who may call. Key material comes from exactly one source; see
+/// `crate::auth` for how tokens are checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthSettings {
+    /// Require a bearer JWT on every call but the public ones. Off by
+    /// default so a local `cargo run` works without keys (startup warns);
+    /// the Helm chart turns it on.
+    pub enabled: bool,
+    /// HS256 shared secret (at least 32 bytes). Prefer `jwt_secret_file`.
+    pub jwt_secret: Option<Secret>,
+    /// A file holding the HS256 secret (trailing whitespace is ignored).
+    pub jwt_secret_file: Option<PathBuf>,
+    /// PEM public key (RSA → RS256, P-256 → ES256, Ed25519 → EdDSA).
+    pub jwt_public_key_file: Option<PathBuf>,
+    /// PEM private key, used only by `user-service token` to mint tokens
+    /// that `jwt_public_key_file` verifies. Never needed to serve.
+    pub jwt_private_key_file: Option<PathBuf>,
+    /// An identity provider's JSON Web Key Set (`https://…/jwks.json`).
+    pub jwks_url: Option<String>,
+    /// How often the key set is fetched again.
+    #[serde(with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    /// A token with an unknown `kid` triggers a fetch, at most this often.
+    #[serde(with = "humantime_serde")]
+    pub jwks_min_refresh_interval: Duration,
+    /// Limit of one key set fetch (connect + response).
+    #[serde(with = "humantime_serde")]
+    pub jwks_timeout: Duration,
+    /// When set, a token must carry exactly this `iss`.
+    pub issuer: Option<String>,
+    /// When set, a token's `aud` must contain this value.
+    pub audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[serde(with = "humantime_serde")]
+    pub leeway: Duration,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            jwt_secret: None,
+            jwt_secret_file: None,
+            jwt_public_key_file: None,
+            jwt_private_key_file: None,
+            jwks_url: None,
+            jwks_refresh_interval: Duration::from_secs(300),
+            jwks_min_refresh_interval: Duration::from_secs(10),
+            jwks_timeout: Duration::from_secs(5),
+            issuer: None,
+            audience: None,
+            leeway: Duration::from_secs(30),
+        }
+    }
+}
+
+impl AuthSettings {
+    /// The configured verification key sources, by key name.
+    pub fn key_sources(&self) -> Vec<&'static str> {
+        [
+            ("auth.jwt_secret", self.jwt_secret.is_some()),
+            ("auth.jwt_secret_file", self.jwt_secret_file.is_some()),
+            (
+                "auth.jwt_public_key_file",
+                self.jwt_public_key_file.is_some(),
+            ),
+            ("auth.jwks_url", self.jwks_url.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(key, set)| set.then_some(key))
+        .collect()
+    }
+
+    /// The HS256 secret, from `jwt_secret` or read from `jwt_secret_file`.
+    pub fn hs_secret(&self) -> Result<Option<Secret>, ConfigError> {
+        if let Some(secret) = &self.jwt_secret {
+            return Ok(Some(secret.clone()));
+        }
+        let Some(path) = &self.jwt_secret_file else {
+            return Ok(None);
+        };
+        read_secret_file("auth.jwt_secret_file", path).map(Some)
+    }
+}
+
+/// Reads a secret mounted as a file. The error names the key and the path,
+/// never the content.
+pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::Invalid(format!("{key}: cannot read {}: {e}", path.display())))?;
+    // `echo secret > file` and editors add a newline the secret never had.
+    let text = text.trim_end();
+    if text.is_empty() {
+        return Err(ConfigError::Invalid(format!(
+            "{key}: {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Secret::new(text))
+}
+
+/// A secret string (JWT secret, password): `Debug` and `Serialize` show
+/// `***`, there is no `Display`, and only [`Secret::expose`] hands out the
+/// value, so it cannot reach a log line or `--print-config` by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself: only for the code that needs it (key setup, a
+    /// request header), never for formatting.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str("***")
+    }
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret)
     }
 }
 
@@ -399,12 +546,31 @@ impl Settings {
                 .map_err(|e| ConfigError::Invalid(describe(e)))?;
         }
 
-        let settings: Settings = builder
+        let mut settings: Settings = builder
             .build()
             .and_then(|c| c.try_deserialize())
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        settings.read_secret_files()?;
         settings.validate()?;
         Ok(settings)
+    }
+
+    /// Replaces `store.url` by the content of `store.url_file`. The JWT
+    /// secret file is read where it is used (`AuthSettings::hs_secret`),
+    /// and checked by `validate`, so a bad file still stops startup.
+    fn read_secret_files(&mut self) -> Result<(), ConfigError> {
+        if let Some(path) = &self.store.url_file {
+            if self.store.url != StoreUrl::memory() {
+                return Err(ConfigError::Invalid(
+                    "store.url_file: set either store.url or store.url_file, not both".into(),
+                ));
+            }
+            let raw = read_secret_file("store.url_file", path)?;
+            self.store.url = StoreUrl::parse(raw.expose()).map_err(|reason| {
+                ConfigError::Invalid(format!("store.url_file: {}: {reason}", path.display()))
+            })?;
+        }
+        Ok(())
     }
 
     /// Rules that span keys or that serde cannot express.
@@ -437,6 +603,16 @@ impl Settings {
             ("store.acquire_timeout", self.store.acquire_timeout),
             ("store.connect_timeout", self.store.connect_timeout),
             ("store.statement_timeout", self.store.statement_timeout),
+            (
+                "auth.jwks_refresh_interval",
+                self.auth.jwks_refresh_interval,
+            ),
+            ("auth.jwks_timeout", self.auth.jwks_timeout),
+            // Zero would let every unknown `kid` trigger a fetch.
+            (
+                "auth.jwks_min_refresh_interval",
+                self.auth.jwks_min_refresh_interval,
+            ),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {
@@ -450,7 +626,43 @@ impl Settings {
                 "log.level: expected a level (error, warn, info, debug, trace) or a filter like \"user_service=debug,info\": {e}"
             ))
         })?;
-        Ok(())
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let auth = &self.auth;
+        let sources = auth.key_sources();
+        if sources.len() > 1 {
+            return Err(ConfigError::Invalid(format!(
+                "auth: {} are set; configure exactly one key source",
+                sources.join(" and ")
+            )));
+        }
+        if auth.enabled && sources.is_empty() {
+            return Err(ConfigError::Invalid(
+                "auth.enabled: no key source; set one of auth.jwt_secret_file, auth.jwt_secret, auth.jwt_public_key_file or auth.jwks_url".into(),
+            ));
+        }
+        if let Some(url) = &auth.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(ConfigError::Invalid(
+                    "auth.jwks_url: expected an http:// or https:// URL".into(),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("auth.issuer", &auth.issuer),
+            ("auth.audience", &auth.audience),
+        ] {
+            if value.as_deref().is_some_and(str::is_empty) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: must not be empty (leave it unset to accept any)"
+                )));
+            }
+        }
+        // Parse the key material now, so a bad secret or PEM file is a
+        // configuration error (exit code 2) like any other.
+        crate::auth::keys::check(auth).map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     /// The effective settings as TOML, secrets redacted (`--print-config`).
@@ -473,6 +685,7 @@ struct PartialCheck {
     log: Option<LogSettings>,
     telemetry: Option<TelemetrySettings>,
     limits: Option<LimitSettings>,
+    auth: Option<AuthSettings>,
 }
 
 /// Turns the config crate's error into one line that names the key and,

@@ -22,6 +22,19 @@ fn main() -> ExitCode {
         print!("{}", settings.to_redacted_toml());
         return ExitCode::SUCCESS;
     }
+    // Before telemetry starts: stdout must carry the token and nothing else.
+    if let Some(Command::Token { sub, roles, ttl }) = &cli.command {
+        return match app::token(&settings, sub, roles, *ttl) {
+            Ok(token) => {
+                println!("{token}");
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("user-service: {err}");
+                ExitCode::FAILURE
+            }
+        };
+    }
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -35,9 +48,11 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         let telemetry = telemetry::init(&settings.log, &settings.telemetry);
-        let result = match cli.command.unwrap_or(Command::Serve) {
+        let result = match cli.command.clone().unwrap_or(Command::Serve) {
             Command::Serve => app::serve(settings).await,
             Command::Migrate => app::migrate(settings).await,
+            // Handled above, without a runtime.
+            Command::Token { .. } => Ok(()),
         };
         if let Err(err) = &result {
             tracing::error!(error = %err, "exiting");

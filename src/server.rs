@@ -10,6 +10,7 @@ use tonic::transport::server::TcpIncoming;
 
 use crate::{
     admin,
+    auth::{Auth, AuthError},
     config::Settings,
     domain::{PasswordHasher, UserService, UserServiceLimits},
     grpc::middleware::{self, StackOptions},
@@ -30,6 +31,8 @@ pub enum ServerError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -42,6 +45,7 @@ pub enum ServerError {
 pub struct Server {
     settings: Settings,
     store: Arc<dyn UserStore>,
+    auth: Auth,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
 }
@@ -62,11 +66,13 @@ impl Server {
         // before the first metric handle is taken.
         let _ = telemetry::metrics::install();
         let store = InstrumentedStore::wrap(store);
+        let auth = Auth::from_settings(&settings.auth).await?;
         let grpc_listener = bind("gRPC", settings.grpc.addr).await?;
         let admin_listener = bind("admin", settings.admin.addr).await?;
         Ok(Self {
             settings,
             store,
+            auth,
             grpc_listener,
             admin_listener,
         })
@@ -92,6 +98,7 @@ impl Server {
         let Server {
             settings,
             store,
+            auth,
             grpc_listener,
             admin_listener,
         } = self;
@@ -105,6 +112,7 @@ impl Server {
         let (stopped_tx, stopped) = watch::channel(false);
 
         let upkeep = telemetry::metrics::spawn_upkeep(stopped.clone());
+        let jwks_refresh = auth.spawn_refresh(stopped.clone());
         let monitor = tokio::spawn(health.clone().monitor(
             Arc::clone(&store),
             settings.health.check_interval,
@@ -122,7 +130,14 @@ impl Server {
             },
         );
         let grpc = UserGrpc::new(users, draining.clone(), aborting);
-        let grpc_task = spawn_grpc(&settings, grpc_listener, grpc, health_service, draining)?;
+        let grpc_task = spawn_grpc(
+            &settings,
+            grpc_listener,
+            grpc,
+            health_service,
+            &auth,
+            draining,
+        )?;
         let admin_task = spawn_admin(admin_listener, health.clone(), admin_store, stopped.clone());
         tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, "serving");
 
@@ -134,6 +149,9 @@ impl Server {
                 let _ = stopped_tx.send(true);
                 let _ = monitor.await;
                 let _ = upkeep.await;
+                if let Some(task) = jwks_refresh {
+                    let _ = task.await;
+                }
                 return match result {
                     Ok(Ok(())) => Err(ServerError::Grpc("server stopped unexpectedly".into())),
                     Ok(Err(err)) => Err(err),
@@ -173,6 +191,9 @@ impl Server {
         let _ = admin_task.await;
         let _ = monitor.await;
         let _ = upkeep.await;
+        if let Some(task) = jwks_refresh {
+            let _ = task.await;
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -191,6 +212,7 @@ fn spawn_grpc(
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
     >,
+    auth: &Auth,
     mut draining: watch::Receiver<bool>,
 ) -> Result<JoinHandle<Result<(), ServerError>>, ServerError> {
     let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -198,12 +220,14 @@ fn spawn_grpc(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_v1 = settings.grpc.reflection.then_some(reflection_v1);
     // grpcurl asks v1 first; Postman and evans still speak v1alpha.
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = settings.grpc.reflection.then_some(reflection_v1alpha);
 
     let g = &settings.grpc;
     // tonic applies one max age to every connection; jitter it per process
@@ -218,13 +242,16 @@ fn spawn_grpc(
     // No `Server::timeout`: the deadline is the stack's (it answers
     // DEADLINE_EXCEEDED where tonic would say CANCELLED).
     let router = tonic::transport::Server::builder()
-        // Metrics, the server span, the `finished call` log line and the
-        // deadline for every service, built in one place.
-        .layer(middleware::stack(StackOptions {
-            trace_health_checks: settings.telemetry.trace_health_checks,
-            default_timeout: g.default_timeout,
-            max_message_size: g.max_message_size,
-        }))
+        // Metrics, the server span, the `finished call` log line, the
+        // deadline and authentication for every service, built in one place.
+        .layer(middleware::stack(
+            StackOptions {
+                trace_health_checks: settings.telemetry.trace_health_checks,
+                default_timeout: g.default_timeout,
+                max_message_size: g.max_message_size,
+            },
+            auth.layer(),
+        ))
         .max_concurrent_streams(g.max_concurrent_streams)
         .http2_max_header_list_size(g.max_metadata_size)
         .max_connection_age(max_age)
@@ -232,8 +259,8 @@ fn spawn_grpc(
         .http2_keepalive_interval(Some(g.keepalive_interval))
         .http2_keepalive_timeout(Some(g.keepalive_timeout))
         .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
+        .add_optional_service(reflection_v1)
+        .add_optional_service(reflection_v1alpha)
         .add_service(users.into_server(g.max_message_size));
 
     let stop = async move {

@@ -2,7 +2,8 @@
 //!
 //! Prints one JSON object per user or event, so its output pipes into jq.
 //! Passwords are read from stdin (or USERCTL_PASSWORD), never from flags,
-//! so they do not show up in shell history or `ps`.
+//! so they do not show up in shell history or `ps`. The bearer token comes
+//! from USERCTL_TOKEN (preferred, for the same reason) or --token.
 
 use std::{io::BufRead, process::ExitCode, time::Duration};
 
@@ -11,6 +12,7 @@ use futures_util::StreamExt;
 use serde_json::json;
 use user_service::{
     client::{ClientConfig, ClientError, UserClient},
+    config::Secret,
     pb::{self, UpdateUserRequest, UserEventType, UserStatus},
 };
 
@@ -27,6 +29,10 @@ struct Cli {
     /// Deadline for each call (streams: for the whole stream), e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
+    /// Bearer JWT sent with every call (e.g. from `user-service token`).
+    /// Prefer the environment variable: flags show up in `ps`.
+    #[arg(long, env = "USERCTL_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Cmd,
 }
@@ -100,6 +106,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     let client = UserClient::connect(ClientConfig {
         endpoint: cli.addr,
         request_timeout: cli.timeout,
+        token: cli.token.filter(|t| !t.is_empty()).map(Secret::new),
         ..ClientConfig::default()
     })
     .await?;

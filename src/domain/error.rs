@@ -82,6 +82,9 @@ pub enum DomainError {
     NotFound(String),
     #[error("a user with this email already exists")]
     AlreadyExists,
+    /// The caller may not do this to this user (see `Actor`).
+    #[error("{0}")]
+    PermissionDenied(String),
     /// The store cannot be reached right now; the client may retry. The
     /// detail is for logs only.
     #[error("the user store is unavailable")]

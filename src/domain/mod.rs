@@ -4,11 +4,13 @@
 //! (`crate::grpc`) converts wire messages into these types, and the stores
 //! (`crate::store`) persist them.
 
+mod actor;
 mod error;
 mod password;
 mod service;
 mod user;
 
+pub use actor::{Actor, ADMIN_ROLE};
 pub use error::{DomainError, FieldViolation, ValidationError};
 pub use password::{Password, PasswordHasher};
 pub use service::{RequestedStatus, UpdateUser, UserService, UserServiceLimits};

@@ -7,8 +7,8 @@ use futures_util::{stream, Stream, StreamExt};
 use tokio_stream::wrappers::{errors::BroadcastStreamRecvError, BroadcastStream};
 
 use super::{
-    now, DomainError, Email, NewUser, Password, PasswordHasher, User, UserEvent, UserId, UserName,
-    UserPatch, UserStatus, ValidationError, DEFAULT_ROLE,
+    now, Actor, DomainError, Email, NewUser, Password, PasswordHasher, User, UserEvent, UserId,
+    UserName, UserPatch, UserStatus, ValidationError, DEFAULT_ROLE,
 };
 use crate::store::UserStore;
 
@@ -111,18 +111,28 @@ impl UserService {
         self.insert(user).await
     }
 
-    pub async fn get(&self, user_id: &str) -> Result<User, DomainError> {
+    /// One user; `actor` must be that user or an admin. The permission is
+    /// checked before the lookup, so a denied caller cannot learn whether
+    /// an id exists.
+    pub async fn get(&self, actor: &Actor, user_id: &str) -> Result<User, DomainError> {
         let id = UserId::parse("user_id", user_id)?;
+        actor.check_access(id)?;
         Ok(self.store.get(id).await?)
     }
 
-    pub async fn update(&self, request: UpdateUser) -> Result<User, DomainError> {
+    /// Changes a user; `actor` must be that user or an admin, and only an
+    /// admin may change the status.
+    pub async fn update(&self, actor: &Actor, request: UpdateUser) -> Result<User, DomainError> {
         let mut errors = ValidationError::default();
         let id = errors.check(UserId::parse("user_id", &request.user_id));
         let patch = errors.check(patch_from(&request));
         let (Some(id), Some(patch)) = (id, patch) else {
             return Err(errors.into());
         };
+        actor.check_access(id)?;
+        if patch.status.is_some() {
+            actor.check_status_change()?;
+        }
         Ok(self.store.update(id, patch, now()).await?)
     }
 

@@ -12,7 +12,7 @@ use super::{
     streams::{bounded, deadline, ResponseStream},
 };
 use crate::{
-    domain::{DomainError, UserService},
+    domain::{Actor, DomainError, UserService},
     pb::{self, user_service_server::UserService as UserServiceApi},
 };
 
@@ -53,6 +53,16 @@ impl UserGrpc {
     }
 }
 
+/// The caller the auth layer (`crate::auth`) put into the request. Its
+/// absence means the layer did not run: refuse rather than guess.
+fn actor<T>(request: &Request<T>) -> Result<Actor, Status> {
+    request
+        .extensions()
+        .get::<Actor>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing credentials"))
+}
+
 /// Prefixes a stream item's error with its index, keeping code and details.
 fn item_status(index: usize, err: DomainError) -> Status {
     let prefix = format!("item {index}");
@@ -88,9 +98,10 @@ impl UserServiceApi for UserGrpc {
         &self,
         request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
+        let actor = actor(&request)?;
         let user = self
             .users
-            .get(&request.get_ref().user_id)
+            .get(&actor, &request.get_ref().user_id)
             .await
             .map_err(to_status)?;
         Ok(Response::new(convert::user(user)))
@@ -100,8 +111,9 @@ impl UserServiceApi for UserGrpc {
         &self,
         request: Request<pb::UpdateUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
+        let actor = actor(&request)?;
         let update = convert::update_request(request.into_inner());
-        let user = self.users.update(update).await.map_err(to_status)?;
+        let user = self.users.update(&actor, update).await.map_err(to_status)?;
         Ok(Response::new(convert::user(user)))
     }
 
@@ -212,15 +224,17 @@ impl UserServiceApi for UserGrpc {
         request: Request<Streaming<pb::UpdateUserRequest>>,
     ) -> Result<Response<Self::UserUpdatesStream>, Status> {
         let deadline = deadline(request.extensions());
+        let actor = actor(&request)?;
         let users = self.users.clone();
         // Each request is applied as it arrives and answered at once; the
         // next one is read only when the client has room for the answer.
         let answers = request.into_inner().enumerate().then(move |(index, item)| {
             let users = users.clone();
+            let actor = actor.clone();
             async move {
                 let req = item?;
                 users
-                    .update(convert::update_request(req))
+                    .update(&actor, convert::update_request(req))
                     .await
                     .map(convert::user)
                     .map_err(|err| item_status(index, err))

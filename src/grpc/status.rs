@@ -15,6 +15,7 @@ pub fn to_status(err: DomainError) -> Status {
         DomainError::AlreadyExists => {
             Status::already_exists("a user with this email already exists")
         }
+        DomainError::PermissionDenied(message) => Status::permission_denied(message),
         DomainError::Unavailable(detail) => {
             tracing::warn!(error = %detail, "store unavailable");
             Status::unavailable("the user store is unavailable; retry with backoff")

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod api;
+mod auth;
 mod client;
 mod config;
 mod health;

@@ -61,6 +61,12 @@ store.postgres.key): the user's existingSecret, or the chart's own. */}}
 {{- default (printf "%s-db" (include "user-service.fullname" .)) .Values.store.postgres.existingSecret -}}
 {{- end -}}
 
+{{/* The Secret holding the JWT secret, and where it is mounted. */}}
+{{- define "user-service.jwtSecretName" -}}
+{{- default (printf "%s-jwt" (include "user-service.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+{{- define "user-service.jwtSecretDir" -}}/run/secrets/user-service{{- end -}}
+
 {{/* The Secret the migration hook Job reads the URL from. An existingSecret
 is there before the release, so the Job reads it too; the chart's own Secret
 is a release resource, created only after pre-install hooks have run, so the

@@ -6,7 +6,8 @@
 //!   compiled-in descriptors);
 //! - [`observe`]: metrics, the call's span and its `finished call` line;
 //! - [`deadline`]: the call's deadline, parsed once and enforced;
-//! - [`body`]: the one message-counting body both directions use.
+//! - [`body`]: the one message-counting body both directions use;
+//! - authentication lives in `crate::auth`, as a layer placed here.
 //!
 //! [`stack`] is the one place that puts them in order. Nothing here knows
 //! the domain; handlers read what the layers found in request extensions.
@@ -19,6 +20,8 @@ pub mod observe;
 use std::time::Duration;
 
 use tower::{layer::util::Identity, layer::util::Stack, ServiceBuilder};
+
+use crate::auth::AuthLayer;
 
 pub use deadline::CallDeadline;
 pub use methods::GrpcType;
@@ -35,15 +38,22 @@ pub struct StackOptions {
 }
 
 /// The layers around every call, outermost first:
-/// 1. observe — sees the final answer of everything inside it;
-/// 2. deadline — answers DEADLINE_EXCEEDED itself, so (1) records it.
+/// 1. observe — sees the final answer of everything inside it, refusals
+///    of the layers below included;
+/// 2. deadline — answers DEADLINE_EXCEEDED itself, so (1) records it;
+/// 3. auth — the bearer token, before any handler runs (`crate::auth`).
+#[allow(clippy::type_complexity)] // the type is the stack, spelled out
 pub fn stack(
     options: StackOptions,
-) -> ServiceBuilder<Stack<deadline::DeadlineLayer, Stack<observe::ObserveLayer, Identity>>> {
+    auth: AuthLayer,
+) -> ServiceBuilder<
+    Stack<AuthLayer, Stack<deadline::DeadlineLayer, Stack<observe::ObserveLayer, Identity>>>,
+> {
     ServiceBuilder::new()
         .layer(observe::ObserveLayer::new(observe::ObserveOptions {
             trace_health_checks: options.trace_health_checks,
             max_message_size: options.max_message_size,
         }))
         .layer(deadline::DeadlineLayer::new(options.default_timeout))
+        .layer(auth)
 }
