@@ -83,7 +83,7 @@ mod tests {
                         | "BulkCreateUsers"
                         | "WatchUsers"
                 )
-            ) || access(&path) == Access::Public;
+            ) || access(path) == Access::Public;
             assert!(listed, "{path} has no explicit rule");
         }
     }
