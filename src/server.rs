@@ -18,6 +18,7 @@ use crate::{
     pb,
     store::{self, InstrumentedStore, StoreError, UserStore},
     telemetry,
+    tls::{self, ServerTls, TlsError, TlsHandle},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +31,8 @@ pub enum ServerError {
     },
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -44,6 +47,7 @@ pub struct Server {
     store: Arc<dyn UserStore>,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
+    tls: Option<ServerTls>,
 }
 
 impl Server {
@@ -62,6 +66,8 @@ impl Server {
         // before the first metric handle is taken.
         let _ = telemetry::metrics::install();
         let store = InstrumentedStore::wrap(store);
+        // Before binding: unusable certificate files stop startup.
+        let tls = ServerTls::load(&settings.tls).await?;
         let grpc_listener = bind("gRPC", settings.grpc.addr).await?;
         let admin_listener = bind("admin", settings.admin.addr).await?;
         Ok(Self {
@@ -69,6 +75,7 @@ impl Server {
             store,
             grpc_listener,
             admin_listener,
+            tls,
         })
     }
 
@@ -94,6 +101,7 @@ impl Server {
             store,
             grpc_listener,
             admin_listener,
+            tls,
         } = self;
         let grpc_addr = grpc_listener.local_addr().unwrap_or(settings.grpc.addr);
         let admin_addr = admin_listener.local_addr().unwrap_or(settings.admin.addr);
@@ -105,6 +113,13 @@ impl Server {
         let (stopped_tx, stopped) = watch::channel(false);
 
         let upkeep = telemetry::metrics::spawn_upkeep(stopped.clone());
+        let tls_mode = match &tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+        };
+        let tls_handle = tls.as_ref().map(ServerTls::handle);
+        let tls_reloader = tls.map(|tls| tls.spawn_reloader(stopped.clone()));
         let monitor = tokio::spawn(health.clone().monitor(
             Arc::clone(&store),
             settings.health.check_interval,
@@ -122,9 +137,16 @@ impl Server {
             },
         );
         let grpc = UserGrpc::new(users, draining.clone(), aborting);
-        let grpc_task = spawn_grpc(&settings, grpc_listener, grpc, health_service, draining)?;
+        let grpc_task = spawn_grpc(
+            &settings,
+            grpc_listener,
+            tls_handle,
+            grpc,
+            health_service,
+            draining,
+        )?;
         let admin_task = spawn_admin(admin_listener, health.clone(), admin_store, stopped.clone());
-        tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, "serving");
+        tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, tls = tls_mode, "serving");
 
         let mut grpc_task = grpc_task;
         tokio::select! {
@@ -134,6 +156,9 @@ impl Server {
                 let _ = stopped_tx.send(true);
                 let _ = monitor.await;
                 let _ = upkeep.await;
+                if let Some(reloader) = tls_reloader {
+                    let _ = reloader.await;
+                }
                 return match result {
                     Ok(Ok(())) => Err(ServerError::Grpc("server stopped unexpectedly".into())),
                     Ok(Err(err)) => Err(err),
@@ -173,6 +198,9 @@ impl Server {
         let _ = admin_task.await;
         let _ = monitor.await;
         let _ = upkeep.await;
+        if let Some(reloader) = tls_reloader {
+            let _ = reloader.await;
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -187,6 +215,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 fn spawn_grpc(
     settings: &Settings,
     listener: TcpListener,
+    tls: Option<TlsHandle>,
     users: UserGrpc,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -237,10 +266,15 @@ fn spawn_grpc(
         let _ = draining.wait_for(|d| *d).await;
     };
     Ok(tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await
-            .map_err(|e| ServerError::Grpc(e.to_string()))
+        let served = match tls {
+            None => router.serve_with_incoming_shutdown(incoming, stop).await,
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls::incoming(incoming, tls), stop)
+                    .await
+            }
+        };
+        served.map_err(|e| ServerError::Grpc(e.to_string()))
     }))
 }
 
