@@ -162,6 +162,19 @@ impl From<Status> for ClientError {
             Code::NotFound => ClientError::NotFound(message),
             Code::AlreadyExists => ClientError::AlreadyExists(message),
             Code::Unavailable => ClientError::Unavailable(message),
+            // tonic reports a connection that broke under a call (e.g. the
+            // server refused our certificate after a TLS 1.3 handshake) as
+            // UNKNOWN "transport error"; gRPC calls that UNAVAILABLE, and
+            // the cause is in the error's sources.
+            Code::Unknown => match std::error::Error::source(&status) {
+                Some(source) if source.is::<tonic::transport::Error>() => {
+                    ClientError::Unavailable(error_chain(source))
+                }
+                _ => ClientError::Other {
+                    code: Code::Unknown,
+                    message,
+                },
+            },
             code => ClientError::Other { code, message },
         }
     }
