@@ -568,3 +568,83 @@ async fn userctl(addr: &str, args: &[&str]) -> (bool, String, String) {
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
 }
+
+/// Runs a Go tool the test command installs (scripts/install-test-deps.sh).
+async fn go_tool(tool: &str, args: &[&str]) -> (bool, String) {
+    let output = match Command::new(tool).args(args).output().await {
+        Ok(output) => output,
+        Err(err) => {
+            panic!("cannot run {tool} ({err}); run the suite with `make test`, which installs it")
+        }
+    };
+    (
+        output.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        ),
+    )
+}
+
+#[tokio::test]
+async fn grpcurl_and_grpc_health_probe_speak_mtls_to_the_server() {
+    let ca = Ca::new("test CA");
+    let files = TlsDir::new(&ca.server(), Some(&ca));
+    let app = TlsApp::start(files.settings(true)).await;
+    let client = ca.client();
+    std::fs::write(files.path("client.crt"), &client.cert).unwrap();
+    std::fs::write(files.path("client.key"), &client.key).unwrap();
+    let path = |name: &str| files.path(name).to_str().unwrap().to_owned();
+    let addr = format!("localhost:{}", app.grpc_addr.port());
+
+    // As in the README: -plaintext becomes -cacert (and -cert/-key for mTLS).
+    let (ok, out) = go_tool(
+        "grpcurl",
+        &[
+            "-cacert",
+            &path("ca.crt"),
+            "-cert",
+            &path("client.crt"),
+            "-key",
+            &path("client.key"),
+            &addr,
+            "list",
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("user.v1.UserService"), "{out}");
+    // Without a client certificate: refused.
+    let (ok, out) = go_tool(
+        "grpcurl",
+        &[
+            "-connect-timeout",
+            "3",
+            "-cacert",
+            &path("ca.crt"),
+            &addr,
+            "list",
+        ],
+    )
+    .await;
+    assert!(!ok, "grpcurl without a certificate got: {out}");
+
+    // As the chart's `helm test` pod runs it.
+    let (ok, out) = go_tool(
+        "grpc-health-probe",
+        &[
+            &format!("-addr={addr}"),
+            "-service=user.v1.UserService",
+            "-tls",
+            &format!("-tls-ca-cert={}", path("ca.crt")),
+            &format!("-tls-client-cert={}", path("client.crt")),
+            &format!("-tls-client-key={}", path("client.key")),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    assert!(out.contains("SERVING"), "{out}");
+
+    app.stop().await;
+}
