@@ -648,3 +648,130 @@ async fn grpcurl_and_grpc_health_probe_speak_mtls_to_the_server() {
 
     app.stop().await;
 }
+
+/// The real binary with TLS from the environment, as the chart runs it:
+/// its JSON log shows TLS on, the peer address of each call, and one WARN
+/// without key material when a broken key is written.
+#[tokio::test]
+async fn the_binary_logs_peers_under_tls_and_warns_about_broken_files_without_quoting_them() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncBufReadExt, BufReader};
+
+    let ca = Ca::new("test CA");
+    let files = TlsDir::new(&ca.server(), Some(&ca));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_user-service"))
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--log-level", "info"])
+        .env("USER_SERVICE__TLS__CERT_FILE", files.path("tls.crt"))
+        .env("USER_SERVICE__TLS__KEY_FILE", files.path("tls.key"))
+        .env("USER_SERVICE__TLS__CLIENT_CA_FILE", files.path("ca.crt"))
+        .env("USER_SERVICE__TLS__RELOAD_INTERVAL", "100ms")
+        .env("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms")
+        .env_remove("USER_SERVICE__STORE__URL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let sink = Arc::clone(&lines);
+    let stdout = child.stdout.take().unwrap();
+    tokio::spawn(async move {
+        let mut reader = BufReader::new(stdout).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            let json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            sink.lock().unwrap().push(json);
+        }
+    });
+    let find = |message: &str| {
+        lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l["message"] == message)
+            .cloned()
+    };
+    let mut serving = None;
+    for _ in 0..200 {
+        serving = find("serving");
+        if serving.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let serving = serving.expect("no `serving` line");
+    assert_eq!(serving["tls"], "mutual", "{serving}");
+    let grpc_addr: SocketAddr = serving["grpc_addr"].as_str().unwrap().parse().unwrap();
+
+    let client = UserClient::connect(ClientConfig {
+        endpoint: format!("https://localhost:{}", grpc_addr.port()),
+        tls: Some(presenting(&ca, &ca.client())),
+        ..ClientConfig::default()
+    })
+    .await
+    .expect("mTLS connect");
+    round_trip(&client).await.unwrap();
+
+    // A key file that is not a key; its content must not reach the log.
+    files.replace(
+        "tls.key",
+        "-----BEGIN PRIVATE KEY-----\nU0VDUkVUTUFSS0VS\n-----END PRIVATE KEY-----\n",
+    );
+    let warned = eventually(Duration::from_secs(5), || async {
+        lines.lock().unwrap().iter().any(|l| l["level"] == "WARN")
+    })
+    .await;
+    assert!(warned, "no WARN about the broken key");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Still serving, with the previous certificate.
+    round_trip(&client).await.unwrap();
+    let again = UserClient::connect(ClientConfig {
+        endpoint: format!("https://localhost:{}", grpc_addr.port()),
+        tls: Some(presenting(&ca, &ca.client())),
+        ..ClientConfig::default()
+    })
+    .await
+    .expect("reconnect after a broken key");
+    round_trip(&again).await.unwrap();
+
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .expect("no exit within 15s of SIGTERM")
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let lines = lines.lock().unwrap().clone();
+    let warnings: Vec<_> = lines.iter().filter(|l| l["level"] == "WARN").collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one WARN while the key stays broken: {warnings:?}"
+    );
+    let warning = warnings[0].to_string();
+    assert!(warning.contains("tls.key_file"), "{warning}");
+    let everything = lines.iter().map(|l| l.to_string()).collect::<String>();
+    assert!(
+        !everything.contains("U0VDUkVUTUFSS0VS") && !everything.contains("PRIVATE KEY"),
+        "key material in the log"
+    );
+    // The call log line still names the peer under TLS.
+    let finished = lines
+        .iter()
+        .find(|l| l["message"] == "finished call" && l["grpc.method"] == "CreateUser")
+        .expect("a finished call line");
+    assert!(
+        finished["peer.address"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{finished}"
+    );
+}
