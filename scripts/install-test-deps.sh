@@ -32,13 +32,20 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
   [ "$created_policy" = 1 ] && rm -f "$policy"
+  # The prometheus package we just installed would otherwise start its
+  # daemon at the next boot; keep it off (nothing running is stopped).
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then
+    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
+      systemctl disable prometheus >/dev/null 2>&1 || true
+    elif command -v update-rc.d >/dev/null 2>&1; then
+      update-rc.d prometheus disable >/dev/null 2>&1 || true
+    fi
+  fi
 fi
 
-# A prometheus daemon started by the package would hold port 9090 and
-# scrape nothing useful; stop it if one is running.
-if pgrep -x prometheus >/dev/null 2>&1 && [ -z "${KEEP_SYSTEM_PROMETHEUS:-}" ]; then
-  (service prometheus stop || pkill -x prometheus) >/dev/null 2>&1 || true
-fi
+# A Prometheus (or PostgreSQL) already running on this machine is left
+# alone: the tests start their own instances on free loopback ports and stop
+# only the processes they started.
 
 mkdir -p "$TOOLS_BIN"
 go_tool() { # name module version

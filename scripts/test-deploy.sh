@@ -34,6 +34,15 @@ KUBE_VERSION=1.30.0
 # only these, are skipped by schema validation (their wiring is checked by
 # the fact checks below).
 UNCHECKED_KINDS=(ServiceMonitor PrometheusRule GRPCRoute)
+# The chart refuses those kinds unless the cluster serves them
+# (.Capabilities.APIVersions); `helm template` is told so for the value sets
+# that enable them, as a cluster with the CRDs installed would report them.
+CRD_APIS=(monitoring.coreos.com/v1/ServiceMonitor monitoring.coreos.com/v1/PrometheusRule
+  gateway.networking.k8s.io/v1/GRPCRoute)
+CRD_API_ARGS=()
+for api in "${CRD_APIS[@]}"; do CRD_API_ARGS+=(--api-versions "$api"); done
+# Value sets (helm/user-service/ci/NAME.yaml) that enable them.
+CRD_SETS=(postgres-full-values)
 
 CHART=helm/user-service
 DASHBOARD=grafana/dashboards/user-service.json
@@ -131,9 +140,10 @@ if ! command -v promtool >/dev/null 2>&1; then
   log "apt-get install prometheus (for promtool; Debian 12 ships 2.42)"
   apt_install prometheus
   # policy-rc.d kept the package from starting its daemon; make sure it
-  # does not start at boot either (it would hold port 9090).
+  # does not start at boot either. Only the boot setting of the package
+  # installed just now changes: nothing running is stopped.
   if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-    systemctl disable --now prometheus >/dev/null 2>&1 || true
+    systemctl disable prometheus >/dev/null 2>&1 || true
   elif command -v update-rc.d >/dev/null 2>&1; then
     update-rc.d prometheus disable >/dev/null 2>&1 || true
   fi
@@ -405,17 +415,48 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
         check(jc["args"] == ["migrate"], "migration Job does not run `migrate`")
         check(jc["image"] == container["image"], "migration Job runs another image")
         jenv = {e["name"]: e for e in jc.get("env", [])}
-        check(jenv.get("USER_SERVICE__STORE__URL") == env.get("USER_SERVICE__STORE__URL"),
-              "migration Job reads another database secret than the pods")
+        jref = jenv.get("USER_SERVICE__STORE__URL", {}).get("valueFrom", {}).get("secretKeyRef")
+        check(jref, "the migration Job does not read the database URL from a Secret")
         check(jspec.get("restartPolicy") == "Never", "migration Job restarts in place")
         jlabels = job["spec"]["template"]["metadata"].get("labels", {})
         check(not selector.items() <= jlabels.items(), "migration pods match the Service selector")
         hardened(jspec, "migration Job")
-    for secret in of_kind("Secret"):
-        ann = secret["metadata"].get("annotations", {})
-        check("pre-install" in ann.get("helm.sh/hook", ""), "the DB Secret must exist before the migration hook")
-        weights = [int(j["metadata"]["annotations"].get("helm.sh/hook-weight", "0")) for j in jobs]
-        check(all(int(ann.get("helm.sh/hook-weight", "0")) < w for w in weights), "Secret hook runs after the Job")
+    # The chart's own Secret (store.postgres.url) is a normal release resource,
+    # so `helm uninstall` deletes it; the migration hook Job, which runs
+    # before release resources exist, reads a hook-lived copy instead.
+    def hook_of(doc):
+        return doc["metadata"].get("annotations", {}).get("helm.sh/hook")
+    secrets = of_kind("Secret")
+    release_secrets = [d for d in secrets if not hook_of(d)]
+    hook_secrets = [d for d in secrets if hook_of(d)]
+    secret_names = {d["metadata"]["name"]: d for d in secrets}
+    if postgres and ref and ref["name"] in secret_names:
+        check(secret_names[ref["name"]] in release_secrets,
+              "the pods' database Secret is a hook: `helm uninstall` would leave it (and the password) behind")
+    check(len(release_secrets) <= 1, "more than one release Secret")
+    for job in jobs:
+        jc = job["spec"]["template"]["spec"]["containers"][0]
+        jref = {e["name"]: e for e in jc.get("env", [])}.get("USER_SERVICE__STORE__URL", {}) \
+            .get("valueFrom", {}).get("secretKeyRef") or {}
+        if not release_secrets:  # existingSecret: there before the release
+            check(jref == ref, f"migration Job reads {jref}, the pods {ref}")
+            continue
+        copy = secret_names.get(jref.get("name"))
+        check(copy in hook_secrets, "the migration Job reads a Secret that does not exist when pre-install hooks run")
+        if copy not in hook_secrets:
+            continue
+        ann = copy["metadata"]["annotations"]
+        check(set(ann["helm.sh/hook"].split(",")) == {"pre-install", "pre-upgrade"},
+              f"the Job's Secret hook is {ann['helm.sh/hook']!r}")
+        check(int(ann.get("helm.sh/hook-weight", "0")) < int(job["metadata"]["annotations"].get("helm.sh/hook-weight", "0")),
+              "the Job's Secret is created after the Job")
+        policy = set(ann.get("helm.sh/hook-delete-policy", "").split(","))
+        check({"hook-succeeded", "before-hook-creation"} <= policy,
+              f"the Job's Secret outlives the hook run (delete policy {policy})")
+        check(jref.get("key") == ref.get("key") and copy.get("stringData") == release_secrets[0].get("stringData"),
+              "the Job's Secret holds other data than the pods' Secret")
+    check(len(hook_secrets) == (1 if release_secrets and jobs else 0),
+          f"{len(hook_secrets)} hook Secrets (expected one copy exactly when the chart's Secret and the Job are both rendered)")
 
     # helm test -------------------------------------------------------------------
     tests = [d for d in of_kind("Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]
@@ -423,14 +464,26 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
         check(len(tests) == 1, "no helm test pod")
     for t in tests:
         hardened(t["spec"], "test pod")
+        # hook-succeeded would delete the pod before `helm test --logs` reads it.
+        policy = t["metadata"]["annotations"].get("helm.sh/hook-delete-policy", "")
+        check(policy == "before-hook-creation", f"test pod delete policy {policy!r}: `helm test --logs` needs the pod")
         tc = t["spec"]["containers"][0]
         image = tc["image"]
         check("grpc-health-probe" in image and re.search(r":v\d+\.\d+\.\d+$", image), f"test image not pinned: {image}")
+        check(tc.get("imagePullPolicy") in ("Always", "IfNotPresent", "Never"), "test pod has no imagePullPolicy")
+        check(t["spec"].get("imagePullSecrets") == pod.get("imagePullSecrets"), "test pod pulls with other secrets than the server")
         args = tc.get("args", [])
         check(f"-addr={service['metadata']['name']}:{ports.get('grpc', {}).get('port')}" in args,
               f"helm test does not target the Service's grpc port: {args}")
         check("-service=user.v1.UserService" in args, "helm test does not check readiness")
         check(not selector.items() <= t["metadata"]["labels"].items(), "test pod matches the Service selector")
+
+    # Several replicas share PostgreSQL; a PDB keeps one serving during drains.
+    if postgres:
+        check(deployment["spec"].get("replicas", 0) >= 2, f"PostgreSQL set runs {deployment['spec'].get('replicas')} replica(s)")
+        check(of_kind("PodDisruptionBudget"), "PostgreSQL set without a PodDisruptionBudget")
+    check(isinstance(deployment["spec"].get("replicas"), int),
+          "Deployment without replicas: the API server would default it to 1 (also when an HPA takes over)")
 
     # The image tag defaults to the chart's appVersion.
     if value_set in ("default", "memory-values"):
@@ -443,8 +496,10 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
         check(ref == {"name": "user-service-db", "key": "url"}, f"URL not taken from the existing Secret: {ref}")
         check(not of_kind("Secret"), "chart creates a Secret although existingSecret is set")
         check(env["USER_SERVICE__STORE__MIGRATE"]["value"] == "false", "pods migrate although the hook Job does")
-        check("replicas" not in deployment["spec"], "replicas set although the HPA owns them")
         hpa = one("HorizontalPodAutoscaler")
+        # No live Deployment to look up under `helm template`: minReplicas.
+        check(deployment["spec"].get("replicas") == hpa.get("spec", {}).get("minReplicas"),
+              "without a live Deployment, replicas must start at autoscaling.minReplicas")
         check(hpa.get("apiVersion") == "autoscaling/v2", "HPA is not autoscaling/v2")
         check(hpa.get("spec", {}).get("scaleTargetRef", {}).get("name") == deployment["metadata"]["name"], "HPA scales something else")
         check(hpa.get("spec", {}).get("minReplicas") == 3, "HPA minReplicas")
@@ -504,12 +559,17 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
         check(service["spec"].get("loadBalancerSourceRanges") == ["203.0.113.0/24"], "loadBalancerSourceRanges lost")
         check(service["spec"].get("externalTrafficPolicy") == "Local", "externalTrafficPolicy lost")
         check(not any(s["spec"].get("clusterIP") == "None" for s in services), "headless Service although disabled")
-        check(len(of_kind("Secret")) == 1 and not jobs, "expected the chart's Secret and no migration Job")
+        check(len(release_secrets) == 1 and not hook_secrets and not jobs, "expected the chart's Secret and no migration Job")
         secret = of_kind("Secret")[0] if of_kind("Secret") else {"metadata": {"name": ""}}
         check(ref == {"name": secret["metadata"]["name"], "key": "url"}, "pods do not read the chart's Secret")
         check(env["USER_SERVICE__STORE__MIGRATE"]["value"] == "true", "pods must migrate when the hook Job is off")
         check(cms, "configFile did not render a ConfigMap")
         check(not tests, "tests.enabled=false still renders the test pod")
+
+    if value_set == "postgres-url-values":
+        check(len(jobs) == 1 and len(release_secrets) == 1 and len(hook_secrets) == 1,
+              "expected the chart's Secret, its hook copy and the migration Job")
+        check(env["USER_SERVICE__STORE__MIGRATE"]["value"] == "false", "pods migrate although the hook Job does")
 
     fail_if(problems, value_set)
     print(f"{len(docs)} objects")
@@ -611,7 +671,50 @@ def badmanifest(out):
                         "spec": {"ports": [{"port": 1, "appProtocl": "typo"}]}}, f)
 
 
-commands = {"validate": validate, "facts": facts, "dashboard": dashboard, "badmanifest": badmanifest}
+# -- fakeapi PORT_FILE NAMESPACE NAME REPLICAS: a stand-in Kubernetes API
+# server on a free loopback port that knows one Deployment (REPLICAS "none"
+# or "off": it does not exist), enough for Helm's `lookup`. Logs each request
+# to stderr; runs until killed.
+def fakeapi(port_file, namespace, name, replicas):
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def reply(self, code, body):
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self):
+            path = self.path.split("?")[0]
+            sys.stderr.write(f"GET {path}\n")
+            sys.stderr.flush()
+            if path == "/apis/apps/v1":
+                self.reply(200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "apps/v1",
+                                 "resources": [{"name": "deployments", "singularName": "deployment", "namespaced": True,
+                                                "kind": "Deployment", "verbs": ["get", "list"]}]})
+            elif path == f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}" and replicas.isdigit():
+                self.reply(200, {"apiVersion": "apps/v1", "kind": "Deployment",
+                                 "metadata": {"name": name, "namespace": namespace},
+                                 "spec": {"replicas": int(replicas)}})
+            else:
+                self.reply(404, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound",
+                                 "code": 404, "message": f"{path} not found"})
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with open(port_file + ".tmp", "w") as f:
+        f.write(str(server.server_address[1]))
+    import os
+    os.replace(port_file + ".tmp", port_file)
+    server.serve_forever()
+
+
+commands = {"validate": validate, "facts": facts, "dashboard": dashboard, "badmanifest": badmanifest, "fakeapi": fakeapi}
 commands[sys.argv[1]](*sys.argv[2:])
 PYEOF
 checks() { "$PY" "$WORK/checks.py" "$@"; }
@@ -666,11 +769,21 @@ for set in "${sets[@]}"; do
   name=$(basename "$set" .yaml)
   args=()
   [ "$set" != default ] && args=(-f "$set")
+  apis=() lint_args=() lint_note="" apis_note=""
+  if [[ " ${CRD_SETS[*]} " == *" $name "* ]]; then
+    apis=("${CRD_API_ARGS[@]}")
+    apis_note="; --api-versions of its CRDs" lint_note="; without the CRD kinds"
+    # `helm lint` has no --api-versions, so it would stop at the CRD guard:
+    # lint the set without those three objects (their rendering is checked
+    # by `helm template` with --api-versions and the facts below).
+    lint_args=(--set metrics.serviceMonitor.enabled=false --set metrics.prometheusRule.enabled=false
+      --set gatewayAPI.enabled=false)
+  fi
   log "value set: $name"
-  check "helm lint --strict ($name)" \
-    "$HELM" lint --strict "$CHART" "${args[@]}" --kube-version "$KUBE_VERSION"
-  check "helm template ($name)" \
-    bash -c '"$@" >"'"$WORK/$name.yaml"'"' _ "$HELM" template release "$CHART" "${args[@]}" \
+  check "helm lint --strict ($name$lint_note)" \
+    "$HELM" lint --strict "$CHART" "${args[@]}" "${lint_args[@]}" --kube-version "$KUBE_VERSION"
+  check "helm template ($name$apis_note)" \
+    bash -c '"$@" >"'"$WORK/$name.yaml"'"' _ "$HELM" template release "$CHART" "${args[@]}" "${apis[@]}" \
     --namespace users --kube-version "$KUBE_VERSION"
   for kv in "${KUBE_VERSIONS[@]}"; do
     check "strict schemas of Kubernetes $kv ($name; skipped kinds: ${UNCHECKED_KINDS[*]})" \
@@ -688,8 +801,8 @@ package_same() {
   grep -qx 'user-service/files/dashboard.json' "$WORK/pkg/list"
   grep -qx 'user-service/files/alerts.yaml' "$WORK/pkg/list"
   grep -qx 'user-service/values.schema.json' "$WORK/pkg/list"
-  "$HELM" template release "${tgz[0]}" -f "$CHART/ci/postgres-full-values.yaml" --namespace users \
-    --kube-version "$KUBE_VERSION" >"$WORK/packaged.yaml"
+  "$HELM" template release "${tgz[0]}" -f "$CHART/ci/postgres-full-values.yaml" "${CRD_API_ARGS[@]}" \
+    --namespace users --kube-version "$KUBE_VERSION" >"$WORK/packaged.yaml"
   diff -u "$WORK/postgres-full-values.yaml" "$WORK/packaged.yaml"
 }
 check "helm package + template from the .tgz" package_same
@@ -709,8 +822,8 @@ refuse "resources without limits" "missing property 'limits'" --set resources.li
 refuse "an unknown store type" "/store/type" --set store.type=mysql
 refuse "a non-postgres URL" "/store/postgres/url" --set store.type=postgres --set store.postgres.url=mysql://x
 refuse "postgres without a URL or Secret" "existingSecret" --set store.type=postgres
-refuse "several replicas on the memory store" "store.type=memory" --set replicaCount=3
-refuse "autoscaling on the memory store" "store.type=memory" --set autoscaling.enabled=true
+refuse "several replicas on the memory store" "store.type=memory keeps users inside each pod" --set replicaCount=3
+refuse "autoscaling on the memory store" "store.type=memory keeps users inside each pod" --set autoscaling.enabled=true
 refuse "minReplicas above maxReplicas" "minReplicas" --set store.type=postgres \
   --set store.postgres.existingSecret=db --set autoscaling.enabled=true \
   --set autoscaling.minReplicas=5 --set autoscaling.maxReplicas=2
@@ -721,7 +834,21 @@ refuse "source ranges on a ClusterIP Service" "loadBalancerSourceRanges" \
   --set 'service.loadBalancerSourceRanges={10.0.0.0/8}'
 refuse "an exec probe type" "/probes/type" --set probes.type=exec
 refuse "a bad log format" "/config/logFormat" --set config.logFormat=xml
-refuse "a GRPCRoute without parentRefs" "parentRefs" --set gatewayAPI.enabled=true
+refuse "a GRPCRoute without parentRefs" "parentRefs" --set gatewayAPI.enabled=true "${CRD_API_ARGS[@]}"
+refuse "a ServiceMonitor on a cluster without its CRD" \
+  "needs the monitoring.coreos.com/v1/ServiceMonitor custom resource, which this cluster does not serve: install the Prometheus Operator's CRD servicemonitors.monitoring.coreos.com" \
+  --set metrics.serviceMonitor.enabled=true
+refuse "a PrometheusRule on a cluster without its CRD" \
+  "needs the monitoring.coreos.com/v1/PrometheusRule custom resource, which this cluster does not serve: install the Prometheus Operator's CRD prometheusrules.monitoring.coreos.com" \
+  --set metrics.prometheusRule.enabled=true
+refuse "a GRPCRoute on a cluster without the Gateway API CRDs" \
+  "needs the gateway.networking.k8s.io/v1/GRPCRoute custom resource, which this cluster does not serve: install the Gateway API CRD grpcroutes.gateway.networking.k8s.io" \
+  --set gatewayAPI.enabled=true --set 'gatewayAPI.parentRefs[0].name=public'
+refuse "the full set on a cluster without any of its CRDs" "custom resource, which this cluster does not serve" \
+  -f "$CHART/ci/postgres-full-values.yaml"
+refuse "tests.image as a single string (the old form)" "/tests/image" \
+  --set tests.image=ghcr.io/grpc-ecosystem/grpc-health-probe:v0.4.61
+refuse "an unpinned test image" "/tests/image/tag" --set tests.image.tag=
 refuse "Kubernetes older than 1.27" "kubeVersion" --kube-version 1.26.0
 refuse "TLS without a Secret" "tls.secretName" --set tls.enabled=true
 refuse "client auth without TLS" "tls.clientAuth needs tls.enabled" --set tls.clientAuth=true
@@ -735,7 +862,84 @@ check "changing a setting changes checksum/config" bash -c '
   b=$("$1" template r "$2" --kube-version "$3" --set config.logLevel=debug | grep checksum/config)
   [ -n "$a" ] && [ "$a" != "$b" ]' _ "$HELM" "$CHART" "$KUBE_VERSION"
 check "renders at the minimum Kubernetes version (1.27.0)" \
-  bash -c '"$@" >/dev/null' _ "$HELM" template release "$CHART" -f "$CHART/ci/postgres-full-values.yaml" --kube-version 1.27.0
+  bash -c '"$@" >/dev/null' _ "$HELM" template release "$CHART" -f "$CHART/ci/postgres-full-values.yaml" \
+  "${CRD_API_ARGS[@]}" --kube-version 1.27.0
+check "the test image comes from tests.image.* (mirrors for offline clusters)" bash -c '
+  set -euo pipefail
+  out=$("$1" template r "$2" --kube-version "$3" --set tests.image.repository=mirror.internal:5000/grpc-health-probe \
+        --set tests.image.tag=v9.9.9 --set tests.image.pullPolicy=Never --set "imagePullSecrets[0].name=mirror")
+  test=$(awk "/^# Source: user-service\/templates\/tests\//,0" <<<"$out")
+  grep -q "image: mirror.internal:5000/grpc-health-probe:v9.9.9" <<<"$test"
+  grep -q "imagePullPolicy: Never" <<<"$test"
+  grep -q "name: mirror" <<<"$test"' _ "$HELM" "$CHART" "$KUBE_VERSION"
+check "every image of the chart is a value (no hard-coded registry)" bash -c '
+  set -euo pipefail
+  out=$("$1" template r "$2" -f "$2/ci/postgres-url-values.yaml" --kube-version "$3" \
+        --set image.repository=mirror.internal/us --set tests.image.repository=mirror.internal/probe)
+  images=$(grep -E "^\s*image: " <<<"$out" | sort -u)
+  [ -n "$images" ] && ! grep -v "image: mirror.internal/" <<<"$images"' _ "$HELM" "$CHART" "$KUBE_VERSION"
+
+# NOTES.txt as `helm install` prints it. `helm template` does not render it,
+# so a copy of the chart gets a ConfigMap that includes it.
+notes() { # helm template args...
+  rm -rf "$WORK/notes-chart"
+  cp -r "$CHART" "$WORK/notes-chart"
+  printf '%s\n' 'apiVersion: v1' 'kind: ConfigMap' 'metadata: {name: notes}' \
+    'data: {notes: {{ include "user-service/templates/NOTES.txt" . | toJson }}}' \
+    >"$WORK/notes-chart/templates/notes-rendered.yaml"
+  "$HELM" template r "$WORK/notes-chart" --kube-version "$KUBE_VERSION" --show-only templates/notes-rendered.yaml "$@" \
+    | "$PY" -c 'import sys, yaml; print(yaml.safe_load(sys.stdin)["data"]["notes"])'
+}
+notes_say() { # text, helm args...: NOTES must contain text
+  local text=$1
+  shift
+  notes "$@" >"$WORK/notes.out"
+  grep -qF -- "$text" "$WORK/notes.out" || { cat "$WORK/notes.out"; echo "NOTES lack '$text'"; return 1; }
+}
+notes_quiet() { # text, helm args...: NOTES must not contain text
+  local text=$1
+  shift
+  notes "$@" >"$WORK/notes.out"
+  ! grep -qF -- "$text" "$WORK/notes.out" || { cat "$WORK/notes.out"; echo "NOTES say '$text'"; return 1; }
+}
+check "NOTES: a restart of the memory store's pod is an outage" notes_say "each restart is an outage"
+check "NOTES: a single PostgreSQL replica is an outage on eviction" \
+  notes_say "a single replica" --set store.type=postgres --set store.postgres.existingSecret=db
+check "NOTES: no outage warning with two PostgreSQL replicas" \
+  notes_quiet "outage" -f "$CHART/ci/postgres-url-values.yaml"
+check "NOTES: the kept test pod and how to remove it" notes_say "kubectl -n default delete pod r-user-service-health-test"
+
+# `lookup` of the live Deployment's replicas (autoscaling on) needs an API
+# server: a stand-in on a free loopback port that serves just that one
+# Deployment (or none), for `helm template --dry-run=server`, which takes
+# everything else from its built-in capabilities. Only its own PID is
+# stopped.
+live_replicas() { # live replicas ("none": no Deployment yet), expected spec.replicas, helm args...
+  local live=$1 want=$2 port got
+  shift 2
+  rm -f "$WORK/fakeapi.port"
+  "$PY" "$WORK/checks.py" fakeapi "$WORK/fakeapi.port" users release-user-service "$live" 2>"$WORK/fakeapi.log" &
+  FAKEAPI_PID=$!
+  # check() runs this in a subshell: whatever fails below, the stand-in
+  # (and only it) is stopped when that subshell exits.
+  trap 'kill "$FAKEAPI_PID" 2>/dev/null || true; wait "$FAKEAPI_PID" 2>/dev/null || true' EXIT
+  for _ in $(seq 100); do [ -s "$WORK/fakeapi.port" ] && break; sleep 0.05; done
+  port=$(cat "$WORK/fakeapi.port")
+  printf 'apiVersion: v1\nkind: Config\nclusters: [{name: fake, cluster: {server: "http://127.0.0.1:%s"}}]\nusers: [{name: fake, user: {}}]\ncontexts: [{name: fake, context: {cluster: fake, user: fake}}]\ncurrent-context: fake\n' \
+    "$port" >"$WORK/kubeconfig"
+  got=$(KUBECONFIG="$WORK/kubeconfig" "$HELM" template release "$CHART" --namespace users --kube-version "$KUBE_VERSION" \
+        --dry-run=server --show-only templates/deployment.yaml --set store.type=postgres \
+        --set store.postgres.existingSecret=db "$@" | sed -n 's/^  replicas: //p')
+  grep -q "GET /apis/apps/v1/namespaces/users/deployments/release-user-service" "$WORK/fakeapi.log" \
+    || [ "$live" = off ] || { echo "helm never looked the Deployment up"; return 1; }
+  [ "$got" = "$want" ] || { echo "replicas: $got, expected $want"; return 1; }
+}
+hpa=(--set autoscaling.enabled=true --set autoscaling.minReplicas=2 --set autoscaling.maxReplicas=10)
+check "autoscaling on: keeps the live Deployment's replicas (7), not 1" live_replicas 7 7 "${hpa[@]}"
+check "autoscaling on: first install starts at minReplicas" live_replicas none 2 "${hpa[@]}"
+check "autoscaling on: live replicas below minReplicas are raised to it" live_replicas 1 2 "${hpa[@]}"
+check "autoscaling on: live replicas above maxReplicas are capped" live_replicas 50 10 "${hpa[@]}"
+check "autoscaling off: replicaCount, whatever runs now" live_replicas off 4 --set replicaCount=4
 
 # ---- summary ----------------------------------------------------------------
 echo

@@ -57,5 +57,8 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
         .map(|handle| handle.render())
         .unwrap_or_default();
     body.push_str(&telemetry::process::render());
+    body.push_str(&telemetry::metrics::render_log_drops(
+        telemetry::log_lines_dropped(),
+    ));
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
 }

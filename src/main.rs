@@ -39,14 +39,17 @@ fn main() -> ExitCode {
             Command::Serve => app::serve(settings).await,
             Command::Migrate => app::migrate(settings).await,
         };
-        // After the server has drained: flush the spans of the last calls.
+        if let Err(err) = &result {
+            tracing::error!(error = %err, "exiting");
+        }
+        // After the server has drained: flush the spans of the last calls,
+        // then the log lines still queued.
         telemetry.shutdown(telemetry::FLUSH_TIMEOUT).await;
         result
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            tracing::error!(error = %err, "exiting");
             eprintln!("user-service: {err}");
             ExitCode::FAILURE
         }

@@ -21,6 +21,7 @@ pub const STORE_OPERATION_SECONDS: &str = "user_service_store_operation_duration
 pub const STORE_POOL_CONNECTIONS: &str = "user_service_store_pool_connections";
 pub const STORE_POOL_MAX_CONNECTIONS: &str = "user_service_store_pool_max_connections";
 pub const BUILD_INFO: &str = "user_service_build_info";
+pub const LOG_LINES_DROPPED: &str = "user_service_log_lines_dropped_total";
 
 /// go-grpc-prometheus (client_golang `prometheus.DefBuckets`).
 pub const GRPC_BUCKETS: &[f64] = &[
@@ -119,4 +120,14 @@ pub fn spawn_upkeep(mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
             }
         }
     })
+}
+
+/// `user_service_log_lines_dropped_total`, read at scrape time from the log
+/// writer (which counts in its own type, outside the recorder).
+pub fn render_log_drops(dropped: u64) -> String {
+    format!(
+        "# HELP {LOG_LINES_DROPPED} Log lines dropped because the log output could not keep up.\n\
+         # TYPE {LOG_LINES_DROPPED} counter\n\
+         {LOG_LINES_DROPPED} {dropped}\n"
+    )
 }

@@ -19,7 +19,7 @@ pub mod trace;
 use std::{
     sync::{
         atomic::{AtomicU64, Ordering},
-        Arc,
+        Arc, OnceLock,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -32,6 +32,7 @@ use opentelemetry_sdk::{
     trace::{SdkTracerProvider, SpanData, SpanExporter},
     Resource,
 };
+use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{filter::Targets, fmt, prelude::*, EnvFilter};
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
@@ -51,6 +52,8 @@ const EXPORT_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 #[must_use = "call shutdown() before exiting, or buffered spans are lost"]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    /// Flushes the log writer's queue when dropped (last, after the spans).
+    _log_writer: Option<WorkerGuard>,
 }
 
 impl Telemetry {
@@ -59,7 +62,10 @@ impl Telemetry {
     /// is done, which can deadlock a small runtime if done in place: it
     /// runs on the blocking pool instead.
     pub async fn shutdown(self, budget: Duration) {
-        let provider = self.provider;
+        let Telemetry {
+            provider,
+            _log_writer,
+        } = self;
         let flush = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(budget));
         // A little extra so the SDK's own timeout fires first.
         match tokio::time::timeout(budget + Duration::from_millis(250), flush).await {
@@ -99,25 +105,66 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_filter(Targets::new().with_target("user_service", tracing::Level::INFO));
+    let (writer, guard) = log_writer();
     let registry = tracing_subscriber::registry().with(otel_layer);
     let result = match log.format {
         LogFormat::Text => registry
-            .with(fmt::layer().with_target(true).with_filter(log_filter))
+            .with(
+                fmt::layer()
+                    .with_target(true)
+                    .with_writer(writer)
+                    .with_filter(log_filter),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(
                 fmt::layer()
                     .event_format(json::JsonFormat::new())
+                    .with_writer(writer)
                     .with_filter(log_filter),
             )
             .try_init(),
     };
-    // Already installed: tests may call this more than once per process.
-    let _ = result;
+    // Already installed: tests may call this more than once per process;
+    // the first subscriber and its writer stay.
+    let log_writer = result.is_ok().then_some(guard);
     if let Some(err) = exporter_error {
         tracing::warn!(error = %err, "cannot build the OTLP trace exporter; traces are not exported");
     }
-    Telemetry { provider }
+    Telemetry {
+        provider,
+        _log_writer: log_writer,
+    }
+}
+
+/// Lines waiting for the writer thread at most; past it new lines are
+/// dropped (and counted) rather than making calls wait for stdout.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
+static LOG_LINES_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Log lines dropped because stdout could not keep up
+/// (`user_service_log_lines_dropped_total`).
+pub fn log_lines_dropped() -> u64 {
+    LOG_LINES_DROPPED
+        .get()
+        .map_or(0, |counter| counter.dropped_lines() as u64)
+}
+
+/// Stdout, written by a thread of its own: a call formats its line into a
+/// queue and moves on; the thread writes whatever has queued up in one
+/// `write` (a buffered writer flushed when the queue is empty), so a burst
+/// of lines costs one syscall, not one each, and a slow log pipe never
+/// stalls a call.
+fn log_writer() -> (NonBlocking, WorkerGuard) {
+    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(stdout);
+    let _ = LOG_LINES_DROPPED.set(writer.error_counter());
+    (writer, guard)
 }
 
 /// The tracer provider: exporting over OTLP/gRPC when an endpoint is

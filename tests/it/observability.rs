@@ -271,6 +271,12 @@ async fn metrics_follow_go_grpc_prometheus_and_count_stream_messages() {
         ),
         Some(1.0)
     );
+    // The log writer never blocks a call; what it had to drop is counted.
+    assert_eq!(
+        value(&after, "user_service_log_lines_dropped_total", &[]),
+        Some(0.0),
+        "{body}"
+    );
     app.stop().await;
 }
 
@@ -346,9 +352,13 @@ async fn a_real_prometheus_scrapes_the_grpc_series() {
         ),
     )
     .unwrap();
+    // Our own Prometheus on a free loopback port: one already running on
+    // this machine (on :9090 or anywhere else) is neither needed nor touched.
     let prom_addr = free_addr();
     let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
-    let _prometheus = Command::new(&binary)
+    // kill_on_drop: a failing assertion below still stops this child (and
+    // only this child, by its PID).
+    let mut prometheus = Command::new(&binary)
         .arg(format!("--config.file={}", config.display()))
         .arg(format!(
             "--storage.tsdb.path={}",
@@ -404,6 +414,8 @@ async fn a_real_prometheus_scrapes_the_grpc_series() {
         p99.first().is_some_and(|r| result_value(r) > 0.0),
         "{p99:?}"
     );
+    // Stop and reap the process this test started.
+    prometheus.kill().await.expect("stop our prometheus");
     app.stop().await;
 }
 

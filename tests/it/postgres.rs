@@ -24,7 +24,7 @@ use user_service::{
 };
 
 use crate::{
-    helpers::{create_request, http_get, spawn_app_with, TestApp},
+    helpers::{connect, create_request, http_get, spawn_app_with, TestApp},
     pg,
 };
 
@@ -408,6 +408,99 @@ async fn starts_while_the_database_is_down_and_becomes_ready_when_it_appears() {
         .unwrap();
     assert_eq!(table.as_deref(), Some("users"));
     let _ = conn.close().await;
+
+    let _ = stop.send(());
+    task.await.unwrap().unwrap();
+}
+
+/// A replica that must not migrate (`store.migrate=false`, as under the
+/// chart's hook Job) started before anyone migrated: calls that reach it
+/// anyway find no table. That is "not ready yet", so clients must see
+/// UNAVAILABLE (retryable) rather than INTERNAL; once the migrations are
+/// applied, the same server serves without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_before_the_migrations_are_unavailable_then_served_once_migrated() {
+    use user_service::pb::user_service_client::UserServiceClient;
+
+    let db = pg::fresh_db().await;
+    let mut settings = db.settings();
+    settings.store.migrate = false;
+    let server = Server::bind(settings).await.expect("bind");
+    let (admin, grpc) = (server.admin_addr(), server.grpc_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    let mut client = UserServiceClient::new(connect(grpc).await);
+
+    // Readiness tells the load balancer the truth meanwhile.
+    wait_readyz(admin, 503, Duration::from_secs(5)).await;
+    let missing = uuid::Uuid::now_v7().to_string();
+    let failures = [
+        ("GetUser", client.get_user(get(&missing)).await.map(drop)),
+        (
+            "CreateUser",
+            client.create_user(create_request("early")).await.map(drop),
+        ),
+        (
+            "UpdateUser",
+            client
+                .update_user(UpdateUserRequest {
+                    user_id: missing.clone(),
+                    name: "Early".into(),
+                    status: 0,
+                    update_mask: None,
+                })
+                .await
+                .map(drop),
+        ),
+        (
+            "DeleteUser",
+            client
+                .delete_user(DeleteUserRequest {
+                    user_id: missing.clone(),
+                })
+                .await
+                .map(drop),
+        ),
+    ];
+    for (method, result) in failures {
+        let status = result.expect_err(method);
+        assert_eq!(status.code(), Code::Unavailable, "{method}: {status:?}");
+        // Short, and no SQL or driver text reaches the client.
+        let message = status.message();
+        assert!(message.len() < 100, "{method}: {message}");
+        for leak in ["relation", "users\"", "SQLSTATE", "42P01"] {
+            assert!(
+                !message.contains(leak),
+                "{method} leaks {leak:?}: {message}"
+            );
+        }
+    }
+    assert_eq!(http_get(admin, "/readyz").await.0, 503, "still not ready");
+
+    // What the chart's pre-install hook Job runs.
+    let out = migrate_command(&db.url).output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The same server, same pool: served at once, ready soon after (the
+    // schema check re-runs with backoff).
+    let created = client
+        .create_user(create_request("migrated"))
+        .await
+        .expect("CreateUser after migrating")
+        .into_inner();
+    let read = client
+        .get_user(get(&created.id))
+        .await
+        .expect("GetUser after migrating")
+        .into_inner();
+    assert_eq!(read, created);
+    wait_readyz(admin, 200, Duration::from_secs(20)).await;
 
     let _ = stop.send(());
     task.await.unwrap().unwrap();

@@ -55,22 +55,53 @@ app.kubernetes.io/component: server
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
-{{/* The Secret holding the PostgreSQL URL, and its key. */}}
+{{/* The Secret the pods read the PostgreSQL URL from (key
+store.postgres.key): the user's existingSecret, or the chart's own. */}}
 {{- define "user-service.dbSecretName" -}}
 {{- default (printf "%s-db" (include "user-service.fullname" .)) .Values.store.postgres.existingSecret -}}
 {{- end -}}
 
-{{/* Environment shared by the server and the migration Job. */}}
+{{/* The Secret the migration hook Job reads the URL from. An existingSecret
+is there before the release, so the Job reads it too; the chart's own Secret
+is a release resource, created only after pre-install hooks have run, so the
+Job gets a hook-lived copy (templates/secret.yaml). */}}
+{{- define "user-service.migrateSecretName" -}}
+{{- default (printf "%s-db-migrate" (include "user-service.fullname" .)) .Values.store.postgres.existingSecret -}}
+{{- end -}}
+
+{{/* Store environment of the server and of the migration Job:
+(dict "ctx" $ "secret" <Secret name>). */}}
 {{- define "user-service.storeEnv" -}}
-{{- if eq .Values.store.type "postgres" }}
+{{- $v := .ctx.Values -}}
+{{- if eq $v.store.type "postgres" }}
 - name: USER_SERVICE__STORE__URL
   valueFrom:
     secretKeyRef:
-      name: {{ include "user-service.dbSecretName" . }}
-      key: {{ .Values.store.postgres.key }}
+      name: {{ .secret }}
+      key: {{ $v.store.postgres.key }}
 - name: USER_SERVICE__STORE__MAX_CONNECTIONS
-  value: {{ .Values.store.postgres.maxConnections | quote }}
+  value: {{ $v.store.postgres.maxConnections | quote }}
 {{- end }}
+{{- end -}}
+
+{{/* spec.replicas of the Deployment. Without autoscaling: replicaCount.
+With it the HPA owns the count, but leaving the field out is not neutral:
+on the upgrade that turns autoscaling on, Helm's three-way merge removes
+the field the previous manifest set, the API server defaults it to 1, and
+the Deployment drops to one pod until the HPA scales it back up. So the
+chart keeps what the live Deployment runs now (which is what the HPA
+chose; the patch then changes nothing), clamped to the HPA's range, and
+starts at autoscaling.minReplicas on a first install or where `lookup`
+cannot reach a cluster (helm template, --dry-run=client). */}}
+{{- define "user-service.replicas" -}}
+{{- if .Values.autoscaling.enabled -}}
+{{- $a := .Values.autoscaling -}}
+{{- $live := lookup "apps/v1" "Deployment" .Release.Namespace (include "user-service.fullname" .) -}}
+{{- $current := int (dig "spec" "replicas" $a.minReplicas $live) -}}
+{{- max (int $a.minReplicas) (min (int $a.maxReplicas) $current) -}}
+{{- else -}}
+{{- .Values.replicaCount -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Pod and container hardening shared by every workload. */}}
@@ -113,7 +144,7 @@ capabilities:
 {{- fail "store.type=postgres needs store.postgres.existingSecret (recommended) or store.postgres.url" -}}
 {{- end -}}
 {{- if and (eq .Values.store.type "memory") (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) -}}
-{{- fail "store.type=memory keeps users per process: with more than one replica each would see different users; use store.type=postgres or replicaCount=1" -}}
+{{- fail (printf "store.type=memory keeps users inside each pod, so %s replicas would each see different users: use store.type=postgres (shared by every replica), or replicaCount=1 with autoscaling.enabled=false" (ternary "autoscaled" "several" .Values.autoscaling.enabled)) -}}
 {{- end -}}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) -}}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" -}}
@@ -129,5 +160,16 @@ capabilities:
 {{- end -}}
 {{- if and .Values.service.loadBalancerSourceRanges (ne .Values.service.type "LoadBalancer") -}}
 {{- fail "service.loadBalancerSourceRanges only applies to service.type=LoadBalancer" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Refuses a custom resource whose CRD the cluster does not serve: the
+install would otherwise fail half-way with "no matches for kind ...". On a
+cluster Helm reads the served APIs from discovery; `helm template` knows
+only the built-in ones plus --api-versions.
+(dict "ctx" $ "api" "<group/version/Kind>" "value" "<the enabling value>" "crd" "<what to install>") */}}
+{{- define "user-service.requireAPI" -}}
+{{- if not (.ctx.Capabilities.APIVersions.Has .api) -}}
+{{- fail (printf "%s=true needs the %s custom resource, which this cluster does not serve: install %s, or set %s=false (helm template: pass --api-versions %s)" .value .api .crd .value .api) -}}
 {{- end -}}
 {{- end -}}
