@@ -359,7 +359,11 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
     check(len(main) == 1, "expected one non-headless Service")
     service = main[0] if main else {"metadata": {"name": "", "labels": {}}, "spec": {"ports": []}}
     ports = {p["name"]: p for p in service["spec"]["ports"]}
-    check(ports.get("grpc", {}).get("appProtocol") == "kubernetes.io/h2c", "Service grpc port lacks appProtocol kubernetes.io/h2c")
+    tls = "USER_SERVICE__TLS__CERT_FILE" in env
+    if tls:
+        check(ports.get("grpc", {}).get("appProtocol") != "kubernetes.io/h2c", "Service announces plaintext h2c although gRPC is TLS")
+    else:
+        check(ports.get("grpc", {}).get("appProtocol") == "kubernetes.io/h2c", "Service grpc port lacks appProtocol kubernetes.io/h2c")
     check(ports.get("metrics", {}).get("port") == cports.get("admin"), "Service has no metrics port on the admin port")
     for s in services:
         check(s["spec"]["selector"] == selector, f"Service {s['metadata']['name']} selects other pods than the Deployment's")
@@ -367,6 +371,32 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
             check(p["targetPort"] in cports, f"Service {s['metadata']['name']} targets unknown port {p['targetPort']}")
     check(sum(1 for s in services for p in s["spec"]["ports"] if p["name"] == "metrics") == 1,
           "more than one Service publishes metrics (pods would be scraped twice)")
+
+    # TLS -------------------------------------------------------------------------
+    if tls:
+        mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mount = mounts.get("tls", {})
+        check(mount.get("readOnly") is True, "TLS Secret is not mounted read-only")
+        check("subPath" not in mount, "TLS Secret mounted with subPath: renewals would never show up")
+        tls_dir = mount.get("mountPath", "<unmounted>")
+        for var, file in (("USER_SERVICE__TLS__CERT_FILE", "tls.crt"), ("USER_SERVICE__TLS__KEY_FILE", "tls.key")):
+            check(env.get(var, {}).get("value") == f"{tls_dir}/{file}", f"{var} does not point into the mounted Secret")
+        check("grpc" not in container["readinessProbe"] and "grpc" not in container["livenessProbe"]
+              and "grpc" not in container["startupProbe"], "gRPC probes with TLS on: the kubelet cannot speak TLS")
+        check(all("httpGet" in container[p] for p in ("startupProbe", "livenessProbe", "readinessProbe")),
+              "probes are not httpGet with TLS on")
+        for t in [d for d in of_kind("Pod") if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"]:
+            targs = t["spec"]["containers"][0].get("args", [])
+            check("-tls" in targs and any(a.startswith("-tls-ca-cert=") for a in targs),
+                  f"helm test does not verify the server's certificate: {targs}")
+            tvol = [v for v in t["spec"].get("volumes", []) if "secret" in v]
+            check(tvol and tvol[0]["secret"]["secretName"] == volumes.get("tls", {}).get("secret", {}).get("secretName"),
+                  "helm test does not mount the TLS Secret")
+            if "USER_SERVICE__TLS__CLIENT_CA_FILE" in env:
+                check(any(a.startswith("-tls-client-cert=") for a in targs), "helm test presents no client certificate under mTLS")
+    else:
+        check(not any(k.startswith("USER_SERVICE__TLS__") for k in env), "TLS settings without tls.enabled")
 
     # Database ------------------------------------------------------------------
     postgres = "USER_SERVICE__STORE__URL" in env
@@ -542,6 +572,15 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
         check(json.loads(body) == json.load(open(dashboard_path)), "dashboard ConfigMap differs from the canonical dashboard")
         check("{{grpc_method}}" in body and "${datasource}" in body, "Helm rendered the dashboard's {{...}} legends")
         check(env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].startswith("http"), "OTLP endpoint not passed")
+
+    if value_set == "tls-values":
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        check(volumes.get("tls", {}).get("secret", {}).get("secretName") == "user-service-tls", "TLS volume is not the Secret")
+        check(env.get("USER_SERVICE__TLS__CLIENT_CA_FILE", {}).get("value", "").endswith("/ca.crt"), "mTLS CA not passed")
+        check(env.get("USER_SERVICE__TLS__RELOAD_INTERVAL", {}).get("value") == "30s", "tls.reloadInterval not passed")
+        ingress = one("Ingress")
+        check(ingress["metadata"]["annotations"].get("nginx.ingress.kubernetes.io/backend-protocol") == "GRPCS",
+              "Ingress talks plaintext gRPC to a TLS backend")
 
     if value_set == "loadbalancer-values":
         check(service["spec"]["type"] == "LoadBalancer", "Service is not a LoadBalancer")
@@ -841,6 +880,8 @@ refuse "an unpinned test image" "/tests/image/tag" --set tests.image.tag=
 refuse "Kubernetes older than 1.27" "kubeVersion" --kube-version 1.26.0
 refuse "a JWT secret shorter than 32 characters" "/auth/jwtSecret" --set auth.jwtSecret=too-short
 refuse "an unknown auth key" "additional properties 'secret' not allowed" --set auth.secret=x
+refuse "TLS without a Secret" "tls.secretName" --set tls.enabled=true
+refuse "client auth without TLS" "tls.clientAuth needs tls.enabled" --set tls.clientAuth=true
 
 log "values the chart must honour"
 check "image.tag overrides appVersion" \

@@ -4,14 +4,15 @@
 //! What it adds over the generated stub: a deadline on every call, HTTP/2
 //! keepalive, bounded retries with backoff for idempotent reads on
 //! UNAVAILABLE, a bearer token on every call, and errors a caller can
-//! match on.
+//! match on. TLS when the endpoint is `https://` or [`ClientConfig::tls`]
+//! is set.
 
-use std::time::Duration;
+use std::{fmt, path::Path, time::Duration};
 
 use futures_util::{Stream, StreamExt};
 use tonic::{
     metadata::{Ascii, MetadataValue},
-    transport::Channel,
+    transport::{Certificate, Channel, ClientTlsConfig, Identity},
     Code, Request, Status,
 };
 use tonic_types::StatusExt;
@@ -25,7 +26,7 @@ use crate::pb::{
 /// How to reach the service.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    /// e.g. `http://localhost:50051`.
+    /// e.g. `http://localhost:50051`, or `https://...` for TLS.
     pub endpoint: String,
     pub connect_timeout: Duration,
     /// Deadline of each unary call (sent as `grpc-timeout`).
@@ -35,6 +36,80 @@ pub struct ClientConfig {
     /// A JWT sent as `authorization: Bearer <token>` on every call (see
     /// `user-service token`). Redacted in `Debug`.
     pub token: Option<Secret>,
+    /// Whom to trust and who we are. `None` with an `https://` endpoint
+    /// trusts the public web PKI roots; `Some` implies TLS even for an
+    /// `http://` endpoint.
+    pub tls: Option<ClientTls>,
+}
+
+/// TLS options of the client, as PEM.
+#[derive(Clone, Default)]
+pub struct ClientTls {
+    /// CA certificate(s) to verify the server with, instead of the public
+    /// roots (a private CA, such as cert-manager's).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Client certificate chain and private key, for mTLS.
+    pub identity_pem: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name to verify in the server's certificate when it differs from
+    /// the endpoint's host (e.g. through a port-forward to localhost).
+    pub server_name: Option<String>,
+}
+
+// The private key stays out of debug output.
+impl fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca_pem", &self.ca_pem.as_ref().map(|_| "<set>"))
+            .field("identity_pem", &self.identity_pem.as_ref().map(|_| "<set>"))
+            .field("server_name", &self.server_name)
+            .finish()
+    }
+}
+
+impl ClientTls {
+    /// Reads the PEM files: a CA to trust and/or a certificate and key to
+    /// present (both or neither).
+    pub fn from_files(
+        ca_file: Option<&Path>,
+        cert_file: Option<&Path>,
+        key_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
+        let read = |path: &Path| {
+            std::fs::read(path)
+                .map_err(|e| ClientError::Connect(format!("cannot read {}: {e}", path.display())))
+        };
+        let identity_pem = match (cert_file, key_file) {
+            (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+            (None, None) => None,
+            _ => {
+                return Err(ClientError::Connect(
+                    "a client certificate needs its key, and a key its certificate".into(),
+                ))
+            }
+        };
+        Ok(Self {
+            ca_pem: ca_file.map(read).transpose()?,
+            identity_pem,
+            server_name: None,
+        })
+    }
+
+    fn to_tonic(&self) -> ClientTlsConfig {
+        let mut config = ClientTlsConfig::new();
+        config = match &self.ca_pem {
+            // Only the given CA: a private deployment should not also trust
+            // every public CA.
+            Some(ca) => config.ca_certificate(Certificate::from_pem(ca)),
+            None => config.with_enabled_roots(),
+        };
+        if let Some((cert, key)) = &self.identity_pem {
+            config = config.identity(Identity::from_pem(cert, key));
+        }
+        if let Some(name) = &self.server_name {
+            config = config.domain_name(name.clone());
+        }
+        config
+    }
 }
 
 impl Default for ClientConfig {
@@ -45,6 +120,7 @@ impl Default for ClientConfig {
             request_timeout: Duration::from_secs(10),
             read_attempts: 3,
             token: None,
+            tls: None,
         }
     }
 }
@@ -99,9 +175,36 @@ impl From<Status> for ClientError {
             Code::Unauthenticated => ClientError::Unauthenticated(message),
             Code::PermissionDenied => ClientError::PermissionDenied(message),
             Code::Unavailable => ClientError::Unavailable(message),
+            // tonic reports a connection that broke under a call (e.g. the
+            // server refused our certificate after a TLS 1.3 handshake) as
+            // UNKNOWN "transport error"; gRPC calls that UNAVAILABLE, and
+            // the cause is in the error's sources.
+            Code::Unknown => match std::error::Error::source(&status) {
+                Some(source) if source.is::<tonic::transport::Error>() => {
+                    ClientError::Unavailable(error_chain(source))
+                }
+                _ => ClientError::Other {
+                    code: Code::Unknown,
+                    message,
+                },
+            },
             code => ClientError::Other { code, message },
         }
     }
+}
+
+/// An error and its causes on one line: tonic's transport error alone says
+/// only "transport error", the cause (refused, untrusted certificate...)
+/// is in its sources.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[derive(Clone)]
@@ -130,14 +233,33 @@ impl UserClient {
             }
             None => None,
         };
-        let channel = Channel::from_shared(config.endpoint.clone())
-            .map_err(|e| ClientError::Connect(e.to_string()))?
+        // TLS options mean TLS: tonic only speaks it to https:// URIs.
+        let endpoint = match (&config.tls, config.endpoint.strip_prefix("http://")) {
+            (Some(_), Some(rest)) => format!("https://{rest}"),
+            _ => config.endpoint.clone(),
+        };
+        let mut builder = Channel::from_shared(endpoint.clone())
+            .map_err(|e| ClientError::Connect(error_chain(&e)))?
             .connect_timeout(config.connect_timeout)
             .http2_keep_alive_interval(Duration::from_secs(30))
-            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(10));
+        if endpoint.starts_with("https://") {
+            let tls = config
+                .tls
+                .as_ref()
+                .map_or_else(
+                    || ClientTlsConfig::new().with_enabled_roots(),
+                    ClientTls::to_tonic,
+                )
+                .timeout(config.connect_timeout);
+            builder = builder
+                .tls_config(tls)
+                .map_err(|e| ClientError::Connect(error_chain(&e)))?;
+        }
+        let channel = builder
             .connect()
             .await
-            .map_err(|e| ClientError::Connect(e.to_string()))?;
+            .map_err(|e| ClientError::Connect(error_chain(&e)))?;
         Ok(Self {
             inner: UserServiceClient::new(channel),
             config,

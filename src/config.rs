@@ -32,6 +32,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub limits: LimitSettings,
     pub auth: AuthSettings,
+    pub tls: TlsSettings,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +308,44 @@ impl Default for AuthSettings {
     }
 }
 
+/// TLS on the gRPC port (the admin port stays plaintext: probes and
+/// Prometheus scrape it inside the cluster). Off unless both `cert_file`
+/// and `key_file` are set. The files are re-read every `reload_interval`,
+/// so a rotated certificate is served without a restart.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM certificate chain, leaf first (cert-manager's `tls.crt`).
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate: PKCS#8, PKCS#1 or SEC1
+    /// (cert-manager's `tls.key`).
+    pub key_file: Option<PathBuf>,
+    /// PEM CA certificate(s): when set, clients must present a certificate
+    /// signed by one of them (mTLS; cert-manager's `ca.crt`).
+    pub client_ca_file: Option<PathBuf>,
+    /// How often the three files are re-read. Polling, not inotify:
+    /// Kubernetes swaps a Secret volume's `..data` symlink, which
+    /// per-file watches miss.
+    #[serde(with = "humantime_serde")]
+    pub reload_interval: Duration,
+    /// A client that has not finished the TLS handshake by then is
+    /// disconnected.
+    #[serde(with = "humantime_serde")]
+    pub handshake_timeout: Duration,
+}
+
+impl Default for TlsSettings {
+    fn default() -> Self {
+        Self {
+            cert_file: None,
+            key_file: None,
+            client_ca_file: None,
+            reload_interval: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
 impl AuthSettings {
     /// The configured verification key sources, by key name.
     pub fn key_sources(&self) -> Vec<&'static str> {
@@ -385,6 +424,38 @@ impl Serialize for Secret {
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Secret)
+    }
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        self.cert_file.is_some() && self.key_file.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let paths = [
+            ("tls.cert_file", &self.cert_file),
+            ("tls.key_file", &self.key_file),
+            ("tls.client_ca_file", &self.client_ca_file),
+        ];
+        for (key, path) in paths {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{key}: must be a path (leave it unset for no TLS)"
+                )));
+            }
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            return Err(ConfigError::Invalid(
+                "tls.cert_file and tls.key_file: set both (TLS) or neither (plaintext)".into(),
+            ));
+        }
+        if self.client_ca_file.is_some() && !self.enabled() {
+            return Err(ConfigError::Invalid(
+                "tls.client_ca_file: needs tls.cert_file and tls.key_file (mTLS is TLS plus client certificates)".into(),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -613,6 +684,8 @@ impl Settings {
                 "auth.jwks_min_refresh_interval",
                 self.auth.jwks_min_refresh_interval,
             ),
+            ("tls.reload_interval", self.tls.reload_interval),
+            ("tls.handshake_timeout", self.tls.handshake_timeout),
         ];
         for (key, value) in nonzero {
             if value.is_zero() {
@@ -621,6 +694,7 @@ impl Settings {
                 )));
             }
         }
+        self.tls.validate()?;
         tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
             ConfigError::Invalid(format!(
                 "log.level: expected a level (error, warn, info, debug, trace) or a filter like \"user_service=debug,info\": {e}"
@@ -686,6 +760,7 @@ struct PartialCheck {
     telemetry: Option<TelemetrySettings>,
     limits: Option<LimitSettings>,
     auth: Option<AuthSettings>,
+    tls: Option<TlsSettings>,
 }
 
 /// Turns the config crate's error into one line that names the key and,

@@ -19,6 +19,7 @@ use crate::{
     pb,
     store::{self, InstrumentedStore, StoreError, UserStore},
     telemetry,
+    tls::{self, ServerTls, TlsError, TlsHandle},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +34,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Auth(#[from] AuthError),
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
     #[error("reflection service: {0}")]
     Reflection(String),
     #[error("gRPC server failed: {0}")]
@@ -48,6 +51,7 @@ pub struct Server {
     auth: Auth,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
+    tls: Option<ServerTls>,
 }
 
 impl Server {
@@ -67,6 +71,8 @@ impl Server {
         let _ = telemetry::metrics::install();
         let store = InstrumentedStore::wrap(store);
         let auth = Auth::from_settings(&settings.auth).await?;
+        // Before binding: unusable certificate files stop startup.
+        let tls = ServerTls::load(&settings.tls).await?;
         let grpc_listener = bind("gRPC", settings.grpc.addr).await?;
         let admin_listener = bind("admin", settings.admin.addr).await?;
         Ok(Self {
@@ -75,6 +81,7 @@ impl Server {
             auth,
             grpc_listener,
             admin_listener,
+            tls,
         })
     }
 
@@ -101,6 +108,7 @@ impl Server {
             auth,
             grpc_listener,
             admin_listener,
+            tls,
         } = self;
         let grpc_addr = grpc_listener.local_addr().unwrap_or(settings.grpc.addr);
         let admin_addr = admin_listener.local_addr().unwrap_or(settings.admin.addr);
@@ -113,6 +121,13 @@ impl Server {
 
         let upkeep = telemetry::metrics::spawn_upkeep(stopped.clone());
         let jwks_refresh = auth.spawn_refresh(stopped.clone());
+        let tls_mode = match &tls {
+            None => "off",
+            Some(tls) if tls.mutual() => "mutual",
+            Some(_) => "on",
+        };
+        let tls_handle = tls.as_ref().map(ServerTls::handle);
+        let tls_reloader = tls.map(|tls| tls.spawn_reloader(stopped.clone()));
         let monitor = tokio::spawn(health.clone().monitor(
             Arc::clone(&store),
             settings.health.check_interval,
@@ -133,13 +148,14 @@ impl Server {
         let grpc_task = spawn_grpc(
             &settings,
             grpc_listener,
+            tls_handle,
             grpc,
             health_service,
             &auth,
             draining,
         )?;
         let admin_task = spawn_admin(admin_listener, health.clone(), admin_store, stopped.clone());
-        tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, "serving");
+        tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, tls = tls_mode, "serving");
 
         let mut grpc_task = grpc_task;
         tokio::select! {
@@ -151,6 +167,9 @@ impl Server {
                 let _ = upkeep.await;
                 if let Some(task) = jwks_refresh {
                     let _ = task.await;
+                }
+                if let Some(reloader) = tls_reloader {
+                    let _ = reloader.await;
                 }
                 return match result {
                     Ok(Ok(())) => Err(ServerError::Grpc("server stopped unexpectedly".into())),
@@ -194,6 +213,9 @@ impl Server {
         if let Some(task) = jwks_refresh {
             let _ = task.await;
         }
+        if let Some(reloader) = tls_reloader {
+            let _ = reloader.await;
+        }
         tracing::info!("shutdown complete");
         Ok(())
     }
@@ -208,6 +230,7 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Serve
 fn spawn_grpc(
     settings: &Settings,
     listener: TcpListener,
+    tls: Option<TlsHandle>,
     users: UserGrpc,
     health_service: tonic_health::pb::health_server::HealthServer<
         impl tonic_health::pb::health_server::Health,
@@ -267,10 +290,15 @@ fn spawn_grpc(
         let _ = draining.wait_for(|d| *d).await;
     };
     Ok(tokio::spawn(async move {
-        router
-            .serve_with_incoming_shutdown(incoming, stop)
-            .await
-            .map_err(|e| ServerError::Grpc(e.to_string()))
+        let served = match tls {
+            None => router.serve_with_incoming_shutdown(incoming, stop).await,
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls::incoming(incoming, tls), stop)
+                    .await
+            }
+        };
+        served.map_err(|e| ServerError::Grpc(e.to_string()))
     }))
 }
 

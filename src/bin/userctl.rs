@@ -5,13 +5,13 @@
 //! so they do not show up in shell history or `ps`. The bearer token comes
 //! from USERCTL_TOKEN (preferred, for the same reason) or --token.
 
-use std::{io::BufRead, process::ExitCode, time::Duration};
+use std::{io::BufRead, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use serde_json::json;
 use user_service::{
-    client::{ClientConfig, ClientError, UserClient},
+    client::{ClientConfig, ClientError, ClientTls, UserClient},
     config::Secret,
     pb::{self, UpdateUserRequest, UserEventType, UserStatus},
 };
@@ -23,9 +23,22 @@ use user_service::{
     about = "Command-line client for user.v1.UserService."
 )]
 struct Cli {
-    /// Server address.
+    /// Server address; https://... for TLS.
     #[arg(long, env = "USERCTL_ADDR", default_value = "http://localhost:50051")]
     addr: String,
+    /// PEM CA certificate to verify the server with (implies TLS).
+    #[arg(long, env = "USERCTL_CA_FILE")]
+    ca_file: Option<PathBuf>,
+    /// PEM client certificate, for mTLS (with --key; implies TLS).
+    #[arg(long, env = "USERCTL_CERT", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key of --cert.
+    #[arg(long, env = "USERCTL_KEY", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Name to verify in the server certificate, when it differs from the
+    /// host in --addr (e.g. through kubectl port-forward).
+    #[arg(long)]
+    server_name: Option<String>,
     /// Deadline for each call (streams: for the whole stream), e.g. 10s.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     timeout: Duration,
@@ -103,10 +116,22 @@ fn read_password() -> Result<String, ClientError> {
 }
 
 async fn run(cli: Cli) -> Result<(), ClientError> {
+    let tls = if cli.ca_file.is_some() || cli.cert.is_some() || cli.server_name.is_some() {
+        let mut tls = ClientTls::from_files(
+            cli.ca_file.as_deref(),
+            cli.cert.as_deref(),
+            cli.key.as_deref(),
+        )?;
+        tls.server_name = cli.server_name;
+        Some(tls)
+    } else {
+        None
+    };
     let client = UserClient::connect(ClientConfig {
         endpoint: cli.addr,
         request_timeout: cli.timeout,
         token: cli.token.filter(|t| !t.is_empty()).map(Secret::new),
+        tls,
         ..ClientConfig::default()
     })
     .await?;

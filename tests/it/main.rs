@@ -15,4 +15,5 @@ mod pg;
 mod postgres;
 mod shutdown;
 mod store_contract;
+mod tls;
 mod tools;

@@ -131,6 +131,14 @@ capabilities:
 {{/* Where the configuration file is mounted. */}}
 {{- define "user-service.configPath" -}}/etc/user-service/config.toml{{- end -}}
 
+{{/* Where the TLS Secret is mounted (a directory: renewals show up in it). */}}
+{{- define "user-service.tlsDir" -}}/etc/user-service/tls{{- end -}}
+
+{{/* grpc or http: TLS forces http, the kubelet's gRPC probes are plaintext. */}}
+{{- define "user-service.probeType" -}}
+{{- if .Values.tls.enabled -}}http{{- else -}}{{ .Values.probes.type }}{{- end -}}
+{{- end -}}
+
 {{/* Refuses value combinations that render valid objects but misbehave. */}}
 {{- define "user-service.validate" -}}
 {{- $c := .Values.config -}}
@@ -149,6 +157,12 @@ capabilities:
 {{- end -}}
 {{- if and .Values.gatewayAPI.enabled (not .Values.gatewayAPI.parentRefs) -}}
 {{- fail "gatewayAPI.enabled needs gatewayAPI.parentRefs (the Gateway to attach the GRPCRoute to)" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
+{{- fail "tls.enabled needs tls.secretName (a Secret with tls.crt and tls.key, e.g. from a cert-manager Certificate)" -}}
+{{- end -}}
+{{- if and .Values.tls.clientAuth (not .Values.tls.enabled) -}}
+{{- fail "tls.clientAuth needs tls.enabled" -}}
 {{- end -}}
 {{- if and .Values.service.loadBalancerSourceRanges (ne .Values.service.type "LoadBalancer") -}}
 {{- fail "service.loadBalancerSourceRanges only applies to service.type=LoadBalancer" -}}
