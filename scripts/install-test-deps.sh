@@ -55,4 +55,7 @@ go_tool() { # name module version
 go_tool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl "$GRPCURL_VERSION"
 go_tool grpc-health-probe github.com/grpc-ecosystem/grpc-health-probe "$GRPC_HEALTH_PROBE_VERSION"
 
+# make bench-smoke: h2load, ghz, the grpc-go peer, the Python venv.
+bench/install-deps.sh
+
 log "test dependencies ready"

@@ -19,6 +19,9 @@ echo "==> cargo test (with a throwaway PostgreSQL cluster)"
 # PGPASSWORD for it, runs the command and drops the cluster afterwards.
 pg_virtualenv cargo test --locked --all-targets
 
+echo "==> benchmark smoke (every compared server answers, spans arrive, the report renders)"
+make bench-smoke
+
 echo "==> deployment checks"
 scripts/test-deploy.sh
 
