@@ -320,7 +320,19 @@ class Server:
         return json.loads(out.stdout)["id"]
 
     def metrics(self):
-        return self.scraper.get() if self.scraper else None
+        """/metrics once the call counters stop moving (calls h2load gave up
+        on may still finish), so each delta belongs to one load phase."""
+        if not self.scraper:
+            return None
+        text = self.scraper.get()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            again = self.scraper.get()
+            if calls_served(again) == calls_served(text):
+                return again
+            text = again
+        return text
 
     def stop(self):
         if self.scraper:
@@ -582,8 +594,7 @@ def measure_list(name, ctx):
         time.sleep(ctx.settle)
         base = status_kib(srv.pid, "VmRSS")
         reset_peak_rss(srv.pid)
-        expect = len(ctx.ids_big) if (name not in OURS or ctx.seed_supported) else 1
-        got = list_users(srv, expect, 600)
+        got = list_users(srv, len(ctx.ids_big), 600)
         res["list_users"] = got["users"]
         res["list_users_per_s"] = got["users"] / got["seconds"] if got["seconds"] else 0.0
         res["list_rss_base_kib"] = base
@@ -681,15 +692,16 @@ def markdown(result):
         f"- Command: `{meta['command']}`",
         f"- Git: `{meta['git']}`",
         f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['mem_gib']} GiB, kernel {m['kernel']}",
-        f"- {meta['rounds']} rounds, servers interleaved each round, medians; GetUser load {meta['duration']}s per "
-        f"figure after {meta['warmup']}s warm-up; servers pinned to CPU {SERVER_CPU}, load to CPU {LOAD_CPU}"
+        f"- Rounds: {meta['rounds']}, servers interleaved each round, medians; GetUser load {meta['duration']:g} s per "
+        f"figure after {meta['warmup']:g} s warm-up; servers pinned to CPU {SERVER_CPU}, load to CPU {LOAD_CPU}"
         + ("" if meta["pinned"] else " (not pinned: fewer than 2 CPUs)"),
         f"- Open-loop latency at {result['rate']:.0f} req/s (50 % of bare tonic's closed-loop saturation)",
         f"- Peak RSS under {meta['peak_clients']} connections × {meta['peak_streams']} streams; "
         f"ListUsers over {meta['list_users']} users",
     ]
     if not meta["seed_supported"]:
-        lines.append("- **Our servers ran unseeded** (this build has no `store.seed_file`): GetUser read one created user, ListUsers streamed one")
+        lines.append("- **Our servers ran unseeded** (this build has no `store.seed_file`): GetUser read one user "
+                     "created at start, and their ListUsers figures are left out")
     if meta["smoke"]:
         lines.append("- **Smoke run**: durations far too short for meaningful numbers")
     lines += ["", "Absolute figures, and in brackets the ratio to bare tonic from the same run:", ""]
@@ -710,8 +722,9 @@ def markdown(result):
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     spans = result.get("spans_per_call")
     if spans is not None:
-        lines += ["", f"`chart` delivered {spans:.2f} spans per call to the OTLP sink (median over rounds; "
-                  "below 1 means the exporter's queue dropped spans under load)."]
+        lines += ["", f"`chart` delivered {spans:.2f} spans per call served to the OTLP sink (median over rounds). "
+                  "Each call creates a SERVER span plus its store spans; fewer arriving means the batch "
+                  "exporter's queue dropped some under load."]
     lines += ["", "![req/s and p99 per server](bench/results/chart.png)", "", END]
     return "\n".join(lines) + "\n"
 
@@ -844,9 +857,12 @@ def main():
             ctx.seed_big = os.path.join(work, "seed-big.jsonl")
             log(f"writing a {args.list_users}-user seed file")
             ctx.ids_big = write_seed(ctx.seed_big, args.list_users)
+            # Unseeded, our servers would stream one user: no figure beats a
+            # meaningless one.
+            list_servers = [n for n in servers if ctx.seed_supported or n not in OURS]
             for rnd in range(args.rounds):
                 results = []
-                for name in servers:
+                for name in list_servers:
                     log(f"ListUsers round {rnd + 1}/{args.rounds}: {name}")
                     r = measure_list(name, ctx)
                     log(f"  {name}: {r['list_users_per_s']:.0f} users/s, +{r['list_rss_growth_kib'] / 1024:.1f} MiB")

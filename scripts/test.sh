@@ -12,7 +12,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "==> cargo test (with a throwaway PostgreSQL cluster)"
 # pg_virtualenv creates a temporary cluster, exports PGHOST/PGPORT/PGUSER/
