@@ -570,8 +570,8 @@ def measure(name, ctx, rate, calibrate=False):
         res["calls_served"] = calls_served(srv.metrics())
     finally:
         srv.stop()
-    if name == "chart":
-        res["spans"] = wait_spans(ctx, sink_before)
+    # Only `chart` has an exporter; the others must deliver nothing.
+    res["spans"] = wait_spans(ctx, sink_before) if name == "chart" else ctx.sink_spans() - sink_before
     return res
 
 
@@ -850,7 +850,7 @@ def main():
                 log(f"round {rnd + 1}/{args.rounds}: {name}")
                 r = measure(name, ctx, rate)
                 log(f"  {name}: {r['rps']:.0f} req/s, p99 {r['open']['p99_ms']:.2f} ms, start {r['startup_ms']:.1f} ms"
-                    + (f", {r['spans']} spans" if "spans" in r else ""))
+                    + f", {r['spans']} spans")
                 results.append(r)
             rounds.append(results)
         if args.list_users:
@@ -901,6 +901,9 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
     finally:
         _kill_all()
+        big = getattr(ctx, "seed_big", None)
+        if big and os.path.exists(big):
+            os.unlink(big)  # hundreds of MB; the logs are what a failure needs
         if os.path.isdir(work):
             log(f"server logs and seed files kept in {work}")
 
@@ -914,9 +917,11 @@ def smoke_checks(servers, rounds, ctx):
             raise BenchError(f"smoke: {name} GetUser spot checks failed")
         if "list_small" not in r:
             raise BenchError(f"smoke: {name} did not answer ListUsers")
-    chart = next((x for x in rounds[0] if x["server"] == "chart"), None)
-    if chart is not None and chart["spans"] <= 0:
-        raise BenchError("smoke: the OTLP sink received no span from the chart server")
+    for r in rounds[0]:
+        if r["server"] == "chart" and r["spans"] <= 0:
+            raise BenchError("smoke: the OTLP sink received no span from the chart server")
+        if r["server"] != "chart" and r["spans"] != 0:
+            raise BenchError(f"smoke: {r['server']} has no exporter, yet {r['spans']} spans arrived")
 
 
 def check_report(out_dir, benchmarks_md, servers):
