@@ -56,6 +56,11 @@ pub struct GrpcSettings {
     pub keepalive_timeout: Duration,
     /// Concurrent calls per connection.
     pub max_concurrent_streams: u32,
+    /// Largest message, in bytes, received or sent. A larger request is
+    /// answered RESOURCE_EXHAUSTED from its length prefix alone.
+    pub max_message_size: usize,
+    /// Largest header block (gRPC metadata) of a request, in bytes.
+    pub max_metadata_size: u32,
 }
 
 impl Default for GrpcSettings {
@@ -68,6 +73,8 @@ impl Default for GrpcSettings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 1024,
+            max_message_size: 4 * 1024 * 1024,
+            max_metadata_size: 16 * 1024,
         }
     }
 }
@@ -111,6 +118,9 @@ pub struct StoreSettings {
     /// Events a slow `WatchUsers` subscriber may fall behind before it is
     /// dropped with RESOURCE_EXHAUSTED.
     pub watch_buffer: usize,
+    /// Memory store: users to load at startup (JSON Lines with password
+    /// hashes, see `store/seed.rs`), for demos and load tests.
+    pub seed_file: Option<PathBuf>,
 }
 
 impl Default for StoreSettings {
@@ -123,6 +133,7 @@ impl Default for StoreSettings {
             connect_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
             watch_buffer: 1024,
+            seed_file: None,
         }
     }
 }

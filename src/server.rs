@@ -12,7 +12,7 @@ use crate::{
     admin,
     config::Settings,
     domain::{PasswordHasher, UserService, UserServiceLimits},
-    grpc::layers::{self, LayerOptions},
+    grpc::middleware::{self, StackOptions},
     grpc::UserGrpc,
     health::Health,
     pb,
@@ -215,15 +215,18 @@ fn spawn_grpc(
         .with_nodelay(Some(true))
         .with_keepalive(Some(g.keepalive_interval));
 
+    // No `Server::timeout`: the deadline is the stack's (it answers
+    // DEADLINE_EXCEEDED where tonic would say CANCELLED).
     let router = tonic::transport::Server::builder()
-        .timeout(g.default_timeout)
-        // Metrics, the server span and the `finished call` log line for
-        // every service, built in one place.
-        .layer(layers::layer(LayerOptions {
+        // Metrics, the server span, the `finished call` log line and the
+        // deadline for every service, built in one place.
+        .layer(middleware::stack(StackOptions {
             trace_health_checks: settings.telemetry.trace_health_checks,
             default_timeout: g.default_timeout,
+            max_message_size: g.max_message_size,
         }))
         .max_concurrent_streams(g.max_concurrent_streams)
+        .http2_max_header_list_size(g.max_metadata_size)
         .max_connection_age(max_age)
         .max_connection_age_grace(g.max_connection_age_grace)
         .http2_keepalive_interval(Some(g.keepalive_interval))
@@ -231,7 +234,7 @@ fn spawn_grpc(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(users.into_server());
+        .add_service(users.into_server(g.max_message_size));
 
     let stop = async move {
         let _ = draining.wait_for(|d| *d).await;

@@ -1,11 +1,13 @@
 //! The transport edge: tonic services, prost <-> domain conversion, status
-//! mapping and stream bounds. Wire types do not travel past this module.
+//! mapping, stream bounds and the per-call layers. Wire types do not travel
+//! past this module.
 
+pub mod codes;
 mod convert;
-pub mod layers;
+pub mod middleware;
 mod service;
 mod status;
 mod streams;
 
+pub use codes::code_name;
 pub use service::UserGrpc;
-pub use status::code_name;

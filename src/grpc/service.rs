@@ -6,8 +6,9 @@ use tokio::sync::watch;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
+    codes::code_name,
     convert,
-    status::{code_name, invalid_argument, to_status},
+    status::{invalid_argument, to_status},
     streams::{bounded, deadline, ResponseStream},
 };
 use crate::{
@@ -39,8 +40,16 @@ impl UserGrpc {
         }
     }
 
-    pub fn into_server(self) -> pb::user_service_server::UserServiceServer<Self> {
+    /// The tonic service, with `max_message_size` on both directions. (The
+    /// call layer refuses larger requests first, with the spec's
+    /// RESOURCE_EXHAUSTED; tonic's own limit is the backstop.)
+    pub fn into_server(
+        self,
+        max_message_size: usize,
+    ) -> pb::user_service_server::UserServiceServer<Self> {
         pb::user_service_server::UserServiceServer::new(self)
+            .max_decoding_message_size(max_message_size)
+            .max_encoding_message_size(max_message_size)
     }
 }
 
@@ -113,7 +122,7 @@ impl UserServiceApi for UserGrpc {
         &self,
         request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<Self::ListUsersStream>, Status> {
-        let deadline = deadline(request.metadata());
+        let deadline = deadline(request.extensions());
         let req = request.into_inner();
         let users = self
             .users
@@ -202,7 +211,7 @@ impl UserServiceApi for UserGrpc {
         &self,
         request: Request<Streaming<pb::UpdateUserRequest>>,
     ) -> Result<Response<Self::UserUpdatesStream>, Status> {
-        let deadline = deadline(request.metadata());
+        let deadline = deadline(request.extensions());
         let users = self.users.clone();
         // Each request is applied as it arrives and answered at once; the
         // next one is read only when the client has room for the answer.
@@ -230,7 +239,7 @@ impl UserServiceApi for UserGrpc {
         &self,
         request: Request<pb::WatchUsersRequest>,
     ) -> Result<Response<Self::WatchUsersStream>, Status> {
-        let deadline = deadline(request.metadata());
+        let deadline = deadline(request.extensions());
         // Subscribed before we return: once the client has the response
         // headers, every later change reaches it.
         let events = self

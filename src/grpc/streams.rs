@@ -1,43 +1,27 @@
 //! Bounds on response streams.
 //!
-//! tonic enforces `grpc-timeout` only until response headers are sent, so a
-//! server stream would otherwise outlive its deadline. Every stream we
+//! The deadline layer bounds a call only until response headers are sent,
+//! so a server stream would otherwise outlive its deadline. Every stream we
 //! return goes through [`bounded`], which ends it with DEADLINE_EXCEEDED at
 //! the client's deadline, with UNAVAILABLE when the server tells it to stop,
 //! and after the first error.
 
-use std::{pin::Pin, time::Duration};
+use std::pin::Pin;
 
 use futures_util::{stream, Stream, StreamExt};
 use tokio::{sync::watch, time::Instant};
-use tonic::{metadata::MetadataMap, Status};
+use tonic::Status;
 
 /// A boxed response stream, as the generated server traits want.
 pub type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// The deadline the client sent in `grpc-timeout`, as an instant.
-pub fn deadline(metadata: &MetadataMap) -> Option<Instant> {
-    let raw = metadata.get("grpc-timeout")?.to_str().ok()?;
-    parse_grpc_timeout(raw).map(|d| Instant::now() + d)
-}
-
-/// Parses the `grpc-timeout` header: up to 8 digits and a unit
-/// (H, M, S, m, u, n), per the gRPC over HTTP/2 spec.
-pub(super) fn parse_grpc_timeout(raw: &str) -> Option<Duration> {
-    if raw.len() < 2 || raw.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = raw.split_at(raw.len() - 1);
-    let value: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(value.checked_mul(3600)?),
-        "M" => Duration::from_secs(value.checked_mul(60)?),
-        "S" => Duration::from_secs(value),
-        "m" => Duration::from_millis(value),
-        "u" => Duration::from_micros(value),
-        "n" => Duration::from_nanos(value),
-        _ => return None,
-    })
+/// The client's deadline for a stream, as the deadline layer found it.
+/// (The server's `grpc.default_timeout` bounds only the time to answer,
+/// not a stream's life.)
+pub fn deadline(extensions: &http::Extensions) -> Option<Instant> {
+    extensions
+        .get::<crate::grpc::middleware::CallDeadline>()
+        .and_then(|d| d.client)
 }
 
 /// Ends `inner` at `deadline` (DEADLINE_EXCEEDED), when `stop` turns true
@@ -93,23 +77,9 @@ where
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
 
-    #[test]
-    fn parses_grpc_timeout_units() {
-        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_grpc_timeout("2M"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_grpc_timeout("3S"), Some(Duration::from_secs(3)));
-        assert_eq!(parse_grpc_timeout("250m"), Some(Duration::from_millis(250)));
-        assert_eq!(
-            parse_grpc_timeout("99999999u"),
-            Some(Duration::from_micros(99_999_999))
-        );
-        assert_eq!(parse_grpc_timeout("5n"), Some(Duration::from_nanos(5)));
-        for bad in ["", "S", "10", "10x", "123456789S", "-1S", "1.5S"] {
-            assert_eq!(parse_grpc_timeout(bad), None, "{bad}");
-        }
-    }
+    use super::*;
 
     #[tokio::test(start_paused = true)]
     async fn ends_with_deadline_exceeded() {

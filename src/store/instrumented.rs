@@ -1,18 +1,18 @@
-//! A [`UserStore`] decorator adding a child span and a latency sample to
-//! every operation, whatever the backend. `Server` wraps every store in it.
+//! A [`UserStore`] decorator adding a latency sample to every operation
+//! and, inside a sampled call, a child span, whatever the backend. `Server` wraps every store in it.
 
 use std::{sync::Arc, time::Instant};
 
 use async_trait::async_trait;
 use metrics::Histogram;
+use opentelemetry::KeyValue;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
-use tracing::Instrument;
 
 use super::{PoolStats, StoreError, UserStore};
 use crate::{
     domain::{NewUser, User, UserEvent, UserId, UserPatch},
-    telemetry::metrics as names,
+    telemetry::{metrics as names, trace::ChildSpan},
 };
 
 #[derive(Debug, Clone, Copy)]
@@ -99,30 +99,30 @@ impl InstrumentedStore {
         Arc::new(Self { inner, latency })
     }
 
-    /// Times `fut` and, except for readiness checks (which run every second
-    /// outside any call and would each start a trace), runs it in a span.
+    /// Times `fut` and, inside a sampled call, records it as a child span
+    /// (readiness checks run outside any call, so they never get one).
     async fn observe<T>(
         &self,
         op: Op,
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
-        let result = match op {
-            Op::Check => fut.await,
-            _ => {
-                let span = tracing::info_span!(
-                    "store",
-                    otel.name = op.span_name(),
-                    otel.kind = "internal",
-                    store.operation = op.name(),
-                );
-                fut.instrument(span).await
-            }
-        };
+        let mut span = ChildSpan::start(op.span_name(), || {
+            vec![KeyValue::new("store.operation", op.name())]
+        });
+        let result = fut.await;
+        let outcome = outcome(&result);
+        if matches!(
+            result,
+            Err(StoreError::Unavailable(_) | StoreError::Internal(_))
+        ) {
+            span.set_error(OUTCOMES[outcome]);
+        }
+        drop(span);
         if let Some(h) = self
             .latency
             .get(op as usize)
-            .and_then(|by_outcome| by_outcome.get(outcome(&result)))
+            .and_then(|by_outcome| by_outcome.get(outcome))
         {
             h.record(start.elapsed().as_secs_f64());
         }

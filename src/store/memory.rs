@@ -57,6 +57,25 @@ impl MemoryStore {
         self.inner.write().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Inserts a user from `store.seed_file` (no event: nobody watches yet).
+    pub(super) fn insert_seed(&self, new: NewUser) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        let key = new.email.key();
+        if inner.emails.contains_key(&key) || inner.users.contains_key(&new.id) {
+            return Err(StoreError::EmailTaken);
+        }
+        let user = new.to_user();
+        inner.emails.insert(key, user.id);
+        inner.users.insert(
+            user.id,
+            Stored {
+                user,
+                password_hash: new.password_hash,
+            },
+        );
+        Ok(())
+    }
+
     /// Publishes while the write lock is still held, so subscribers see
     /// changes in the order they were applied.
     fn publish(&self, kind: EventKind, user: &User, occurred_at: OffsetDateTime) {

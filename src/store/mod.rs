@@ -4,6 +4,7 @@
 mod instrumented;
 mod memory;
 mod postgres;
+mod seed;
 
 use std::sync::Arc;
 
@@ -87,7 +88,17 @@ pub struct PoolStats {
 /// Opens the store named by `store.url`.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn UserStore>, StoreError> {
     match settings.url.scheme() {
-        "memory" => Ok(Arc::new(MemoryStore::new(settings.watch_buffer))),
+        "memory" => {
+            let store = MemoryStore::new(settings.watch_buffer);
+            if let Some(path) = &settings.seed_file {
+                let count = seed::load(&store, path)?;
+                tracing::info!(count, path = %path.display(), "seeded the memory store");
+            }
+            Ok(Arc::new(store))
+        }
+        "postgres" if settings.seed_file.is_some() => Err(StoreError::Internal(
+            "store.seed_file is for the memory store; load PostgreSQL with its own tools".into(),
+        )),
         // Lazy: does not connect, so startup never waits for the database.
         "postgres" => Ok(Arc::new(PostgresStore::open(settings)?)),
         other => Err(StoreError::Internal(format!(

@@ -1,59 +1,46 @@
 //! `log.format = json`: one JSON object per line, with the OpenTelemetry
-//! `trace_id` and `span_id` of the enclosing span at the top level so a log
-//! line leads to its trace and back.
+//! `trace_id` and `span_id` of the current context at the top level so a
+//! log line leads to its trace and back.
 //!
 //! tracing-subscriber's own JSON formatter cannot reach the OpenTelemetry
-//! context, hence this small formatter.
+//! context, hence this small formatter. It writes straight into the
+//! subscriber's per-thread line buffer (no intermediate map, no allocation
+//! per field) and looks at nothing but the event: spans cost it nothing
+//! unless an event is written inside them.
 
-use std::{
-    fmt,
-    sync::{Arc, OnceLock},
-};
+use std::fmt::{self, Write as _};
 
-use opentelemetry::trace::TraceContextExt;
-use serde_json::{Map, Value};
 use tracing::{
-    dispatcher::WeakDispatch,
     field::{Field, Visit},
-    Dispatch, Event, Subscriber,
+    Event, Subscriber,
 };
 use tracing_subscriber::{
     fmt::{format::Writer, time::FormatTime, FmtContext, FormatEvent, FormatFields},
-    layer::Layer,
     registry::LookupSpan,
 };
 
-/// Fields: `timestamp` (RFC 3339, UTC), `level`, `target`, `message`, the
-/// event's own fields, `span` (the innermost span's name) and, inside a
-/// traced span, `trace_id` and `span_id` (lower-case hex).
-///
-/// Reading the OpenTelemetry context needs the subscriber itself, which is
-/// not reachable from inside an event callback (`tracing` hides the current
-/// dispatcher there to prevent recursion): [`JsonFormat::dispatch_layer`]
-/// must be added to the same subscriber to hand it over.
-#[derive(Debug, Default, Clone)]
-pub struct JsonFormat {
-    dispatch: Arc<OnceLock<WeakDispatch>>,
-}
+/// Keys written by the formatter itself; an event field never shadows them.
+const FIXED_KEYS: [&str; 7] = [
+    "timestamp",
+    "level",
+    "target",
+    "message",
+    "span",
+    "trace_id",
+    "span_id",
+];
+
+/// Fields: `timestamp` (RFC 3339, UTC), `level`, `target`, `message`,
+/// `span` (the innermost `tracing` span's name, if any), `trace_id` and
+/// `span_id` (lower-case hex) when the current OpenTelemetry context has a
+/// valid span, then the event's own fields (numbers and booleans keep
+/// their JSON type).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct JsonFormat;
 
 impl JsonFormat {
     pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// A layer that only remembers the subscriber it is registered in.
-    pub fn dispatch_layer(&self) -> DispatchLayer {
-        DispatchLayer(Arc::clone(&self.dispatch))
-    }
-}
-
-/// See [`JsonFormat::dispatch_layer`].
-pub struct DispatchLayer(Arc<OnceLock<WeakDispatch>>);
-
-impl<S: Subscriber> Layer<S> for DispatchLayer {
-    fn on_register_dispatch(&self, subscriber: &Dispatch) {
-        // Weak: the subscriber owns this layer.
-        let _ = self.0.set(subscriber.downgrade());
+        Self
     }
 }
 
@@ -68,110 +55,165 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        // Fixed keys first, in this order, for people reading raw lines.
-        let mut head: Vec<(&str, Value)> = Vec::with_capacity(7);
-        let mut timestamp = String::new();
-        if tracing_subscriber::fmt::time::SystemTime
-            .format_time(&mut Writer::new(&mut timestamp))
-            .is_ok()
-        {
-            head.push(("timestamp", Value::String(timestamp)));
-        }
+        writer.write_str("{\"timestamp\":\"")?;
+        tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
         let meta = event.metadata();
-        head.push(("level", Value::String(meta.level().to_string())));
-        head.push(("target", Value::String(meta.target().to_owned())));
+        write!(writer, "\",\"level\":\"{}\",\"target\":", meta.level())?;
+        write_str(&mut writer, meta.target())?;
 
-        let mut fields = Map::new();
-        event.record(&mut JsonVisitor(&mut fields));
-        if let Some(message) = fields.remove("message") {
-            head.push(("message", message));
+        // The message first, for people reading raw lines.
+        let mut message = Fields {
+            out: &mut writer,
+            message: true,
+            result: Ok(()),
+        };
+        event.record(&mut message);
+        message.result?;
+
+        if let Some(span) = ctx.lookup_current() {
+            writer.write_str(",\"span\":")?;
+            write_str(&mut writer, span.name())?;
+        }
+        if let Some((trace_id, span_id)) = super::trace::current_ids() {
+            write!(
+                writer,
+                ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
+            )?;
         }
 
-        let dispatch = self.dispatch.get().and_then(WeakDispatch::upgrade);
-        if let (Some(scope), Some(dispatch)) = (ctx.event_scope(), dispatch) {
-            let mut innermost = true;
-            // The OpenTelemetry layer only tracks our own spans: walk out
-            // from the innermost span to the first one it knows.
-            for span in scope {
-                if innermost {
-                    head.push(("span", Value::String(span.name().to_owned())));
-                    innermost = false;
-                }
-                // Must not hold the span's extensions here: the lookup
-                // locks them itself.
-                let Some(cx) = tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
-                else {
-                    continue;
-                };
-                let otel_span = cx.span();
-                let sc = otel_span.span_context();
-                if sc.is_valid() {
-                    head.push(("trace_id", Value::String(sc.trace_id().to_string())));
-                    head.push(("span_id", Value::String(sc.span_id().to_string())));
-                    break;
-                }
-            }
-        }
-
-        let mut line = String::with_capacity(256);
-        line.push('{');
-        let fields = fields
-            .iter()
-            // An event field never shadows a fixed key.
-            .filter(|(k, _)| !head.iter().any(|(h, _)| h == k))
-            .map(|(k, v)| (k.as_str(), v));
-        for (i, (key, value)) in head.iter().map(|(k, v)| (*k, v)).chain(fields).enumerate() {
-            if i > 0 {
-                line.push(',');
-            }
-            line.push_str(&serde_json::to_string(key).map_err(|_| fmt::Error)?);
-            line.push(':');
-            line.push_str(&serde_json::to_string(value).map_err(|_| fmt::Error)?);
-        }
-        line.push('}');
-        writeln!(writer, "{line}")
+        let mut fields = Fields {
+            out: &mut writer,
+            message: false,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_str("}\n")
     }
 }
 
-/// Event fields as JSON values; numbers and booleans keep their type.
-struct JsonVisitor<'a>(&'a mut Map<String, Value>);
+/// Writes either the `message` field or every other field, as
+/// `,"key":value`.
+struct Fields<'a, 'w> {
+    out: &'a mut Writer<'w>,
+    /// true: only `message`; false: everything but it.
+    message: bool,
+    result: fmt::Result,
+}
 
-impl JsonVisitor<'_> {
-    fn put(&mut self, field: &Field, value: Value) {
-        // `log` crate records arrive with `log.*` metadata fields: noise.
-        if !field.name().starts_with("log.") {
-            self.0.insert(field.name().to_owned(), value);
+impl Fields<'_, '_> {
+    fn key(&mut self, field: &Field) -> bool {
+        let name = field.name();
+        let wanted = if self.message {
+            name == "message"
+        } else {
+            // `log` crate records arrive with `log.*` metadata fields: noise.
+            !FIXED_KEYS.contains(&name) && !name.starts_with("log.")
+        };
+        if !wanted || self.result.is_err() {
+            return false;
         }
+        self.result = self
+            .out
+            .write_char(',')
+            .and_then(|()| write_str(self.out, name))
+            .and_then(|()| self.out.write_char(':'));
+        self.result.is_ok()
+    }
+
+    fn raw(&mut self, value: fmt::Arguments<'_>) {
+        self.result = self.out.write_fmt(value);
     }
 }
 
-impl Visit for JsonVisitor<'_> {
+impl Visit for Fields<'_, '_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.put(field, Value::String(format!("{value:?}")));
+        if self.key(field) {
+            self.result = write_escaped(self.out, format_args!("{value:?}"));
+        }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::String(value.to_owned()));
+        if self.key(field) {
+            self.result = write_str(self.out, value);
+        }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::from(value));
+        if self.key(field) {
+            self.raw(format_args!("{value}"));
+        }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, Value::from(value));
+        if self.key(field) {
+            self.raw(format_args!("{value}"));
+        }
     }
 
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(field, Value::from(value));
+        if self.key(field) {
+            if value.is_finite() {
+                // Debug keeps a decimal point (`2.0`), so the value stays
+                // a float for JSON readers.
+                self.raw(format_args!("{value:?}"));
+            } else {
+                self.raw(format_args!("null"));
+            }
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::from(value));
+        if self.key(field) {
+            self.raw(format_args!("{value}"));
+        }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, Value::String(value.to_string()));
+        if self.key(field) {
+            self.result = write_escaped(self.out, format_args!("{value}"));
+        }
+    }
+}
+
+/// `s` as a JSON string.
+fn write_str(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
+    out.write_char('"')?;
+    Escaper(out).write_str(s)?;
+    out.write_char('"')
+}
+
+/// Formatted text as a JSON string, escaped on the fly.
+fn write_escaped(out: &mut impl fmt::Write, args: fmt::Arguments<'_>) -> fmt::Result {
+    out.write_char('"')?;
+    Escaper(&mut *out).write_fmt(args)?;
+    out.write_char('"')
+}
+
+/// Escapes what JSON strings may not contain raw.
+struct Escaper<'a, W: fmt::Write>(&'a mut W);
+
+impl<W: fmt::Write> fmt::Write for Escaper<'_, W> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut plain = 0;
+        for (i, c) in s.char_indices() {
+            let escape: Option<&str> = match c {
+                '"' => Some("\\\""),
+                '\\' => Some("\\\\"),
+                '\n' => Some("\\n"),
+                '\r' => Some("\\r"),
+                '\t' => Some("\\t"),
+                c if (c as u32) < 0x20 => None,
+                _ => continue,
+            };
+            self.0.write_str(&s[plain..i])?;
+            match escape {
+                Some(e) => self.0.write_str(e)?,
+                None => write!(self.0, "\\u{:04x}", c as u32)?,
+            }
+            plain = i + c.len_utf8();
+        }
+        self.0.write_str(&s[plain..])
     }
 }
 
@@ -183,6 +225,7 @@ mod tests {
     };
 
     use opentelemetry::trace::TracerProvider as _;
+    use serde_json::Value;
     use tracing_subscriber::{fmt::MakeWriter, prelude::*};
 
     use super::*;
@@ -207,42 +250,82 @@ mod tests {
         }
     }
 
+    fn lines(buffer: &Buffer) -> Vec<Value> {
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        text.lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+            .collect()
+    }
+
     #[test]
     fn lines_carry_the_trace_id_of_the_enclosing_span() {
         let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
         let buffer = Buffer::default();
-        let format = JsonFormat::new();
         let subscriber = tracing_subscriber::registry()
             .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")))
-            .with(format.dispatch_layer())
             .with(
                 tracing_subscriber::fmt::layer()
-                    .event_format(format)
+                    .event_format(JsonFormat::new())
                     .with_writer(buffer.clone()),
             );
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(answer = 42, "outside");
             let span = tracing::info_span!("rpc");
             let _entered = span.enter();
-            tracing::warn!(grpc.code = "OK", ok = true, "inside");
+            tracing::warn!(grpc.code = "OK", ok = true, ms = 2.0, "inside");
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
-        let lines: Vec<Value> = text
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect();
-        assert_eq!(lines.len(), 2, "{text}");
+        let lines = lines(&buffer);
+        assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["message"], "outside");
         assert_eq!(lines[0]["answer"], 42);
         assert!(lines[0].get("trace_id").is_none());
         assert_eq!(lines[1]["level"], "WARN");
         assert_eq!(lines[1]["grpc.code"], "OK");
         assert_eq!(lines[1]["ok"], true);
+        assert!(lines[1]["ms"].is_f64());
         assert_eq!(lines[1]["span"], "rpc");
         let trace_id = lines[1]["trace_id"].as_str().unwrap();
         assert_eq!(trace_id.len(), 32);
         assert_ne!(trace_id, "00000000000000000000000000000000");
         assert_eq!(lines[1]["span_id"].as_str().unwrap().len(), 16);
         assert!(lines[1]["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+
+    #[test]
+    fn an_attached_context_without_a_tracing_span_is_used_too() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonFormat::new())
+                .with_writer(buffer.clone()),
+        );
+        let call = crate::telemetry::trace::CallSpan::start("x", &http::HeaderMap::new(), Vec::new);
+        tracing::subscriber::with_default(subscriber, || {
+            let _guard = call.context().clone().attach();
+            tracing::info!("in a call");
+        });
+        let lines = lines(&buffer);
+        assert_eq!(lines[0]["trace_id"].as_str().unwrap().len(), 32);
+        assert!(lines[0].get("span").is_none());
+    }
+
+    #[test]
+    fn strings_are_escaped_and_fixed_keys_are_not_shadowed() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonFormat::new())
+                .with_writer(buffer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let weird = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
+            tracing::info!(level = "fake", text = weird, debug = ?weird, "m\"sg");
+        });
+        let lines = lines(&buffer);
+        let weird = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
+        assert_eq!(lines[0]["message"], "m\"sg");
+        assert_eq!(lines[0]["level"], "INFO");
+        assert_eq!(lines[0]["text"], weird);
+        assert_eq!(lines[0]["debug"], format!("{weird:?}"));
     }
 }

@@ -3,16 +3,18 @@
 //!
 //! - Logs: `tracing-subscriber`, text for terminals or JSON lines carrying
 //!   the OpenTelemetry trace and span ids ([`json`]).
-//! - Traces: an OpenTelemetry tracer provider fed by `tracing-opentelemetry`,
-//!   which only sees this crate's spans (never h2, hyper, tower or tonic
-//!   internals). With no OTLP endpoint configured nothing is exported, but
-//!   spans still get real trace ids so logs can be correlated.
+//! - Traces: an OpenTelemetry tracer provider. The per-call SERVER span and
+//!   the store spans are made with it directly ([`trace`]); other `tracing`
+//!   spans of this crate reach it through `tracing-opentelemetry` (never
+//!   h2, hyper, tower or tonic internals). With no OTLP endpoint configured
+//!   nothing is recorded, but calls still get trace ids so logs correlate.
 //! - Metrics: the process-wide Prometheus recorder ([`metrics`]) and the
 //!   process metrics read at scrape time ([`process`]).
 
 pub mod json;
 pub mod metrics;
 pub mod process;
+pub mod trace;
 
 use std::{
     sync::{
@@ -76,7 +78,11 @@ impl Telemetry {
 /// Must run inside the Tokio runtime (the OTLP client spawns its connection
 /// task there). Never blocks on, or fails because of, the collector.
 pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
-    let (provider, exporter_error) = tracer_provider(telemetry);
+    let (provider, exporting, exporter_error) = tracer_provider(telemetry);
+    if exporting {
+        // The call layer and the store make their spans with it directly.
+        trace::set_exporting_tracer(provider.tracer(SERVICE_NAME));
+    }
 
     let directives = std::env::var("RUST_LOG")
         .ok()
@@ -98,13 +104,13 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
         LogFormat::Text => registry
             .with(fmt::layer().with_target(true).with_filter(log_filter))
             .try_init(),
-        LogFormat::Json => {
-            let format = json::JsonFormat::new();
-            registry
-                .with(format.dispatch_layer())
-                .with(fmt::layer().event_format(format).with_filter(log_filter))
-                .try_init()
-        }
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .event_format(json::JsonFormat::new())
+                    .with_filter(log_filter),
+            )
+            .try_init(),
     };
     // Already installed: tests may call this more than once per process.
     let _ = result;
@@ -118,7 +124,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
 /// configured, otherwise only minting ids. The sampler comes from
 /// `OTEL_TRACES_SAMPLER`/`_ARG` (default: parent-based always-on) and the
 /// batch settings from `OTEL_BSP_*`, both read by the SDK.
-fn tracer_provider(settings: &TelemetrySettings) -> (SdkTracerProvider, Option<String>) {
+fn tracer_provider(settings: &TelemetrySettings) -> (SdkTracerProvider, bool, Option<String>) {
     let mut builder = SdkTracerProvider::builder().with_resource(resource());
     let configured = settings
         .otlp_endpoint
@@ -132,6 +138,7 @@ fn tracer_provider(settings: &TelemetrySettings) -> (SdkTracerProvider, Option<S
     .iter()
     .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()));
     let mut error = None;
+    let mut exporting = false;
     if configured.is_some() || from_env {
         let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
         if let Some(endpoint) = configured {
@@ -142,11 +149,14 @@ fn tracer_provider(settings: &TelemetrySettings) -> (SdkTracerProvider, Option<S
         // The channel connects lazily: an absent collector costs nothing
         // here, only failed (and warned about) exports later.
         match exporter.build() {
-            Ok(exporter) => builder = builder.with_batch_exporter(WarnOnFailure::new(exporter)),
+            Ok(exporter) => {
+                builder = builder.with_batch_exporter(WarnOnFailure::new(exporter));
+                exporting = true;
+            }
             Err(err) => error = Some(err.to_string()),
         }
     }
-    (builder.build(), error)
+    (builder.build(), exporting, error)
 }
 
 /// `service.name` = `OTEL_SERVICE_NAME`, else `service.name` from

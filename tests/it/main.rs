@@ -8,6 +8,7 @@ mod api;
 mod client;
 mod config;
 mod health;
+mod limits;
 mod observability;
 mod pg;
 mod postgres;
