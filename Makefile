@@ -25,7 +25,7 @@ fmt:
 # The comparison harness (bench/README.md): rewrites the generated section
 # of BENCHMARKS.md and bench/results/. BENCH_ARGS=--rounds 5 for more rounds.
 bench:
-	BENCH_COMMAND="make bench $(BENCH_ARGS)" python3 bench/bench.py $(BENCH_ARGS)
+	BENCH_COMMAND='make bench$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' python3 bench/bench.py $(BENCH_ARGS)
 
 # Every benchmarked server starts and answers, traces arrive, the report
 # renders (into a temporary directory). Checks, not speeds.
