@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   cargo run --release     run the service (in-memory store, ports 50051/8080)
 #   make test               install test tools and run every test
-.PHONY: run test lint fmt build release bench clean-tools
+.PHONY: run test lint fmt build release bench bench-smoke bench-ghz clean-tools
 
 run:
 	cargo run --release
@@ -17,12 +17,23 @@ release:
 
 lint:
 	cargo fmt --all -- --check
-	cargo clippy --locked --all-targets -- -D warnings
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 
 fmt:
 	cargo fmt --all
 
+# The comparison harness (bench/README.md): rewrites the generated section
+# of BENCHMARKS.md and bench/results/. BENCH_ARGS=--rounds 5 for more rounds.
 bench:
+	BENCH_COMMAND='make bench$(if $(BENCH_ARGS), BENCH_ARGS="$(BENCH_ARGS)")' python3 bench/bench.py $(BENCH_ARGS)
+
+# Every benchmarked server starts and answers, traces arrive, the report
+# renders (into a temporary directory). Checks, not speeds.
+bench-smoke:
+	BENCH_COMMAND="make bench-smoke" python3 bench/bench.py --smoke
+
+# The older ghz scenarios against this service alone (CreateUser, health).
+bench-ghz:
 	bench/run.sh
 
 clean-tools:

@@ -72,4 +72,7 @@ if [ ! -x "$deny_root/bin/cargo-deny" ]; then
 fi
 ln -sf "$deny_root/bin/cargo-deny" "$TOOLS_BIN/cargo-deny"
 
+# make bench-smoke: h2load, ghz, the grpc-go peer, the Python venv.
+bench/install-deps.sh
+
 log "test dependencies ready"

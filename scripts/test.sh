@@ -12,7 +12,7 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
 echo "==> cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 
 echo "==> cargo deny (licences, banned crates, sources; policy in deny.toml)"
 cargo deny --locked check --hide-inclusion-graph licenses bans sources
@@ -21,6 +21,9 @@ echo "==> cargo test (with a throwaway PostgreSQL cluster)"
 # pg_virtualenv creates a temporary cluster, exports PGHOST/PGPORT/PGUSER/
 # PGPASSWORD for it, runs the command and drops the cluster afterwards.
 pg_virtualenv cargo test --locked --all-targets
+
+echo "==> benchmark smoke (every compared server answers, spans arrive, the report renders)"
+make bench-smoke
 
 echo "==> deployment checks"
 scripts/test-deploy.sh
