@@ -516,7 +516,7 @@ def facts(value_set, rendered, chart_yaml, alerts_path, dashboard_path):
     if value_set in ("default", "memory-values"):
         check(container["image"].endswith(":" + str(chart["appVersion"])), f"image tag is not appVersion: {container['image']}")
         check(deployment["spec"]["replicas"] == 1, "memory store with more than one replica")
-        check(not postgres and not jobs and not db_secrets, "memory store renders database parts")
+        check(not postgres and not jobs and not secrets, "memory store renders database parts")
 
     if value_set == "postgres-full-values":
         check(postgres and len(jobs) == 1, "postgres set lacks its migration Job")
