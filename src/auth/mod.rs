@@ -23,7 +23,7 @@ use std::{
     time::Duration,
 };
 
-use futures_util::future::BoxFuture;
+use futures_util::future::{BoxFuture, Either};
 use http::{HeaderMap, Request, Response};
 use jsonwebtoken::{errors::ErrorKind, Header, Validation};
 use tokio::{sync::watch, task::JoinHandle};
@@ -299,26 +299,28 @@ where
 {
     type Response = Response<Body>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+    /// Calls that need no token (auth off, public methods) go straight
+    /// through, without a box; only token checks, which may wait for a
+    /// JWKS fetch, get a future of their own.
+    type Future = Either<S::Future, BoxFuture<'static, Result<Self::Response, Self::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        // The clone that was polled ready is the one to call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-
         let Some(verifier) = self.verifier.clone() else {
             req.extensions_mut().insert(Actor::Unrestricted);
-            return Box::pin(inner.call(req));
+            return Either::Left(self.inner.call(req));
         };
         let access = policy::access(req.uri().path());
         if access == Access::Public {
-            return Box::pin(inner.call(req));
+            return Either::Left(self.inner.call(req));
         }
-        Box::pin(async move {
+        // The clone that was polled ready is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Either::Right(Box::pin(async move {
             let verified = match bearer(req.headers()) {
                 Ok(token) => verifier.verify(token).await,
                 Err(rejection) => Err(rejection),
@@ -342,7 +344,7 @@ where
             }
             req.extensions_mut().insert(actor);
             inner.call(req).await
-        })
+        }))
     }
 }
 
