@@ -27,6 +27,27 @@ struct Inner {
     emails: HashMap<String, UserId>,
 }
 
+impl Inner {
+    /// Inserts `new` unless its email is taken (the check and the insert
+    /// happen under one lock).
+    fn insert(&mut self, new: NewUser) -> Result<User, StoreError> {
+        let key = new.email.key();
+        if self.emails.contains_key(&key) {
+            return Err(StoreError::EmailTaken);
+        }
+        let user = new.to_user();
+        self.emails.insert(key, user.id);
+        self.users.insert(
+            user.id,
+            Stored {
+                user: user.clone(),
+                password_hash: new.password_hash,
+            },
+        );
+        Ok(user)
+    }
+}
+
 struct Stored {
     user: User,
     /// Kept as a real store would keep it, though nothing reads it back yet.
@@ -60,20 +81,10 @@ impl MemoryStore {
     /// Inserts a user from `store.seed_file` (no event: nobody watches yet).
     pub(super) fn insert_seed(&self, new: NewUser) -> Result<(), StoreError> {
         let mut inner = self.write();
-        let key = new.email.key();
-        if inner.emails.contains_key(&key) || inner.users.contains_key(&new.id) {
-            return Err(StoreError::EmailTaken);
+        if inner.users.contains_key(&new.id) {
+            return Err(StoreError::Internal(format!("id {} appears twice", new.id)));
         }
-        let user = new.to_user();
-        inner.emails.insert(key, user.id);
-        inner.users.insert(
-            user.id,
-            Stored {
-                user,
-                password_hash: new.password_hash,
-            },
-        );
-        Ok(())
+        inner.insert(new).map(|_| ())
     }
 
     /// Publishes while the write lock is still held, so subscribers see
@@ -92,19 +103,7 @@ impl MemoryStore {
 impl UserStore for MemoryStore {
     async fn create(&self, new: NewUser) -> Result<User, StoreError> {
         let mut inner = self.write();
-        let key = new.email.key();
-        if inner.emails.contains_key(&key) {
-            return Err(StoreError::EmailTaken);
-        }
-        let user = new.to_user();
-        inner.emails.insert(key, user.id);
-        inner.users.insert(
-            user.id,
-            Stored {
-                user: user.clone(),
-                password_hash: new.password_hash,
-            },
-        );
+        let user = inner.insert(new)?;
         self.publish(EventKind::Created, &user, user.created_at);
         Ok(user)
     }

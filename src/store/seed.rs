@@ -114,7 +114,7 @@ mod tests {
 
         let other = uuid::Uuid::now_v7();
         for (bad, says) in [
-            (good.clone(), "already registered"),
+            (good.clone(), "appears twice"),
             (
                 format!(
                     r#"{{"id":"{other}","email":"x@example.com","name":"X","password_hash":"hunter2"}}"#
