@@ -112,6 +112,8 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
             .with(
                 fmt::layer()
                     .with_target(true)
+                    // Colours for a terminal only, not for a file or a pipe.
+                    .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                     .with_writer(writer)
                     .with_filter(log_filter),
             )
