@@ -119,21 +119,24 @@ impl Server {
         let (aborting_tx, aborting) = watch::channel(false);
         let (stopped_tx, stopped) = watch::channel(false);
 
-        let upkeep = telemetry::metrics::spawn_upkeep(stopped.clone());
-        let jwks_refresh = auth.spawn_refresh(stopped.clone());
         let tls_mode = match &tls {
             None => "off",
             Some(tls) if tls.mutual() => "mutual",
             Some(_) => "on",
         };
         let tls_handle = tls.as_ref().map(ServerTls::handle);
-        let tls_reloader = tls.map(|tls| tls.spawn_reloader(stopped.clone()));
-        let monitor = tokio::spawn(health.clone().monitor(
-            Arc::clone(&store),
-            settings.health.check_interval,
-            settings.health.check_timeout,
-            stopped.clone(),
-        ));
+        // Every task that ends on the `stopped` switch, joined in one place.
+        let mut background = vec![
+            telemetry::metrics::spawn_upkeep(stopped.clone()),
+            tokio::spawn(health.clone().monitor(
+                Arc::clone(&store),
+                settings.health.check_interval,
+                settings.health.check_timeout,
+                stopped.clone(),
+            )),
+        ];
+        background.extend(auth.spawn_refresh(stopped.clone()));
+        background.extend(tls.map(|tls| tls.spawn_reloader(stopped.clone())));
 
         let admin_store = Arc::clone(&store);
         let users = UserService::new(
@@ -163,14 +166,7 @@ impl Server {
             result = &mut grpc_task => {
                 // The server ended without being asked to: a fatal error.
                 let _ = stopped_tx.send(true);
-                let _ = monitor.await;
-                let _ = upkeep.await;
-                if let Some(task) = jwks_refresh {
-                    let _ = task.await;
-                }
-                if let Some(reloader) = tls_reloader {
-                    let _ = reloader.await;
-                }
+                join_all(background).await;
                 return match result {
                     Ok(Ok(())) => Err(ServerError::Grpc("server stopped unexpectedly".into())),
                     Ok(Err(err)) => Err(err),
@@ -208,16 +204,17 @@ impl Server {
         }
         let _ = stopped_tx.send(true);
         let _ = admin_task.await;
-        let _ = monitor.await;
-        let _ = upkeep.await;
-        if let Some(task) = jwks_refresh {
-            let _ = task.await;
-        }
-        if let Some(reloader) = tls_reloader {
-            let _ = reloader.await;
-        }
+        join_all(background).await;
         tracing::info!("shutdown complete");
         Ok(())
+    }
+}
+
+/// Waits for background tasks that were told to stop (a panicked one has
+/// nothing left to wait for).
+async fn join_all(tasks: Vec<JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
     }
 }
 
@@ -238,19 +235,22 @@ fn spawn_grpc(
     auth: &Auth,
     mut draining: watch::Receiver<bool>,
 ) -> Result<JoinHandle<Result<(), ServerError>>, ServerError> {
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    // Built only when served (`grpc.reflection`). grpcurl asks v1 first;
+    // Postman and evans still speak v1alpha.
+    let enabled = settings.grpc.reflection;
+    let reflection_v1 = enabled
+        .then(|| reflection().build_v1())
+        .transpose()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let reflection_v1 = settings.grpc.reflection.then_some(reflection_v1);
-    // grpcurl asks v1 first; Postman and evans still speak v1alpha.
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()
+    let reflection_v1alpha = enabled
+        .then(|| reflection().build_v1alpha())
+        .transpose()
         .map_err(|e| ServerError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = settings.grpc.reflection.then_some(reflection_v1alpha);
 
     let g = &settings.grpc;
     // tonic applies one max age to every connection; jitter it per process
