@@ -239,6 +239,10 @@ fn spawn_grpc(
         tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // The google.rpc error details (BadRequest, ...) our statuses
+            // carry: without them grpcurl prints "google.rpc.BadRequest is
+            // not recognized" instead of the decoded field violations.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
     };
     // Built only when served (`grpc.reflection`). grpcurl asks v1 first;
     // Postman and evans still speak v1alpha.

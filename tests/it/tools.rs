@@ -99,6 +99,25 @@ async fn grpcurl_lists_describes_and_calls_through_reflection() {
     .await;
     assert!(!bad.status.success());
     assert!(text(&bad).contains("InvalidArgument"), "{}", text(&bad));
+
+    // The status detail arrives decoded: reflection serves google.rpc too.
+    let invalid = run(
+        "grpcurl",
+        &[
+            "-plaintext",
+            "-d",
+            r#"{"email": "not-an-email", "name": "", "password": "correct horse battery"}"#,
+            &addr,
+            "user.v1.UserService/CreateUser",
+        ],
+    )
+    .await;
+    assert!(!invalid.status.success());
+    let shown = text(&invalid);
+    assert!(!shown.contains("not recognized"), "{shown}");
+    assert!(shown.contains("google.rpc.BadRequest"), "{shown}");
+    assert!(shown.contains("fieldViolations"), "{shown}");
+    assert!(shown.contains(r#""field": "email""#), "{shown}");
 }
 
 #[tokio::test]
