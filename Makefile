@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   cargo run --release     run the service (in-memory store, ports 50051/8080)
 #   make test               install test tools and run every test
-.PHONY: run test lint fmt build release bench bench-smoke bench-ghz clean-tools
+.PHONY: run test lint fmt build release bench bench-smoke bench-ghz clean-tools proto-release
 
 run:
 	cargo run --release
@@ -35,6 +35,11 @@ bench-smoke:
 # The older ghz scenarios against this service alone (CreateUser, health).
 bench-ghz:
 	bench/run.sh
+
+# Record proto/ as the released user.v1 contract that `buf breaking`
+# (scripts/check-contract.sh) compares against. Run when releasing.
+proto-release:
+	.tools/bin/buf build -o proto/released/user-v1.binpb
 
 clean-tools:
 	rm -rf .tools

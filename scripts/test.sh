@@ -17,6 +17,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "==> cargo deny (licences, banned crates, sources; policy in deny.toml)"
 cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
+echo "==> contract (buf lint, buf breaking against the released user.v1)"
+scripts/check-contract.sh
+
 echo "==> cargo test (with a throwaway PostgreSQL cluster)"
 # pg_virtualenv creates a temporary cluster, exports PGHOST/PGPORT/PGUSER/
 # PGPASSWORD for it, runs the command and drops the cluster afterwards.

@@ -51,10 +51,6 @@ impl Health {
         (health, server)
     }
 
-    pub fn is_live(&self) -> bool {
-        true
-    }
-
     pub fn is_ready(&self) -> bool {
         self.inner.store_ok.load(Ordering::SeqCst)
             && !self.inner.shutting_down.load(Ordering::SeqCst)

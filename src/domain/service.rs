@@ -65,10 +65,6 @@ impl UserService {
         &self.limits
     }
 
-    pub fn store(&self) -> &Arc<dyn UserStore> {
-        &self.store
-    }
-
     /// Validates every field (reporting all violations at once) and hashes
     /// the password: the slow, parallelisable half of creating a user.
     pub async fn prepare(

@@ -5,6 +5,7 @@
 mod helpers;
 
 mod api;
+mod api_reference;
 mod auth;
 mod client;
 mod config;
