@@ -13,7 +13,9 @@ mod user;
 pub use actor::{Actor, ADMIN_ROLE};
 pub use error::{DomainError, FieldViolation, ValidationError};
 pub use password::{Password, PasswordHasher};
-pub use service::{RequestedStatus, UpdateUser, UserService, UserServiceLimits};
+pub use service::{
+    BulkOutcome, CreateUser, RequestedStatus, UpdateUser, UserService, UserServiceLimits,
+};
 pub use user::{
     now, Email, EventKind, NewUser, User, UserEvent, UserId, UserName, UserPatch, UserStatus,
     DEFAULT_ROLE,

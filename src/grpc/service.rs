@@ -12,7 +12,7 @@ use super::{
     streams::{bounded, deadline, ResponseStream},
 };
 use crate::{
-    domain::{Actor, DomainError, UserService},
+    domain::{Actor, CreateUser, DomainError, UserService},
     pb::{self, user_service_server::UserService as UserServiceApi},
 };
 
@@ -152,69 +152,31 @@ impl UserServiceApi for UserGrpc {
         &self,
         request: Request<Streaming<pb::CreateUserRequest>>,
     ) -> Result<Response<pb::BulkCreateUsersResponse>, Status> {
-        enum Item {
-            Prepared(usize, Result<crate::domain::NewUser, DomainError>),
-            OverCap(usize),
-            Broken(Status),
-        }
-
-        let cap = self.users.limits().bulk_max_items;
-        // Validation and hashing (the slow part) run a few items ahead in
-        // parallel; inserts happen one by one in stream order, so with a
-        // duplicate email inside one stream the earlier item wins.
-        let lookahead = 4;
-        let users = self.users.clone();
-        let items = request
-            .into_inner()
-            .enumerate()
-            .map(move |(index, item)| {
-                let users = users.clone();
-                async move {
-                    match item {
-                        Err(status) => Item::Broken(status),
-                        Ok(_) if index >= cap => Item::OverCap(index),
-                        Ok(req) => Item::Prepared(
-                            index,
-                            users.prepare(&req.email, &req.name, req.password).await,
-                        ),
-                    }
+        let items = request.into_inner().map(|item| {
+            item.map(|req| CreateUser {
+                email: req.email,
+                name: req.name,
+                password: req.password,
+            })
+        });
+        let outcome = self.users.bulk_create(items).await?;
+        let errors = outcome
+            .refused
+            .into_iter()
+            .map(|(index, err)| {
+                let status = to_status(err);
+                pb::BulkCreateError {
+                    index: i32::try_from(index).unwrap_or(i32::MAX),
+                    code: code_name(status.code()).to_owned(),
+                    message: status.message().to_owned(),
                 }
             })
-            .buffered(lookahead);
-        futures_util::pin_mut!(items);
-
-        let mut response = pb::BulkCreateUsersResponse::default();
-        let mut report = |index: usize, err: DomainError| {
-            let status = to_status(err);
-            response.errors.push(pb::BulkCreateError {
-                index: i32::try_from(index).unwrap_or(i32::MAX),
-                code: code_name(status.code()).to_owned(),
-                message: status.message().to_owned(),
-            });
-        };
-        let mut created = Vec::new();
-        while let Some(item) = items.next().await {
-            match item {
-                Item::Broken(status) => return Err(status),
-                Item::OverCap(index) => {
-                    report(
-                        index,
-                        DomainError::Overloaded(format!(
-                            "a stream may carry at most {cap} items; items from index {index} on were not processed"
-                        )),
-                    );
-                    break;
-                }
-                Item::Prepared(index, Err(err)) => report(index, err),
-                Item::Prepared(index, Ok(new_user)) => match self.users.insert(new_user).await {
-                    Ok(user) => created.push(user.id.to_string()),
-                    Err(err) => report(index, err),
-                },
-            }
-        }
-        response.created_count = i32::try_from(created.len()).unwrap_or(i32::MAX);
-        response.user_ids = created;
-        Ok(Response::new(response))
+            .collect();
+        Ok(Response::new(pb::BulkCreateUsersResponse {
+            created_count: i32::try_from(outcome.created.len()).unwrap_or(i32::MAX),
+            user_ids: outcome.created.iter().map(ToString::to_string).collect(),
+            errors,
+        }))
     }
 
     type UserUpdatesStream = ResponseStream<pb::User>;
