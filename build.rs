@@ -1,17 +1,11 @@
-//! Generates the gRPC code and the descriptor set served by reflection.
-//!
-//! `protox` compiles the .proto files in pure Rust, so building needs no
-//! system `protoc`. `compile_fds` does not write the descriptor set itself,
-//! so we encode it here for `tonic-reflection`.
+//! Build facts the server embeds: the git commit (for
+//! `user_service_build_info`) and the migrations. The gRPC code is
+//! generated from `proto/` by `crates/user-service-api/build.rs`, so the
+//! client can be built without the server.
 
-use std::{env, fs, path::PathBuf};
+use std::env;
 
-use prost::Message as _;
-
-const PROTO: &str = "proto/user/v1/user_service.proto";
-
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=proto");
+fn main() {
     // sqlx::migrate! embeds migrations/ at compile time.
     println!("cargo:rerun-if-changed=migrations");
 
@@ -24,16 +18,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!("cargo:rustc-env=USER_SERVICE_GIT_SHA={sha}");
         }
     }
-
-    let fds = protox::compile([PROTO], ["proto"])?;
-    let out_dir = PathBuf::from(env::var("OUT_DIR")?);
-    fs::write(out_dir.join("user_descriptor.bin"), fds.encode_to_vec())?;
-
-    tonic_prost_build::configure()
-        .build_client(true)
-        .build_server(true)
-        .compile_fds(fds)?;
-    Ok(())
 }
 
 /// Reruns this script when the checked-out commit changes. `.git/HEAD`

@@ -17,6 +17,9 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "==> cargo deny (licences, banned crates, sources; policy in deny.toml)"
 cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
+echo "==> architecture (dependency rules of ARCHITECTURE.md)"
+scripts/check-architecture.sh
+
 echo "==> contract (buf lint, buf breaking against the released user.v1)"
 scripts/check-contract.sh
 

@@ -7,12 +7,13 @@ pub mod admin;
 pub mod app;
 pub mod auth;
 pub mod cli;
-pub mod client;
 pub mod config;
 pub mod domain;
 pub mod grpc;
 pub mod health;
-pub mod pb;
+/// The generated `user.v1` wire types and stubs (the `user-service-api`
+/// crate): used by `grpc/` only, the edge where they stop.
+pub use user_service_api::v1 as pb;
 pub mod server;
 pub mod shutdown;
 pub mod store;

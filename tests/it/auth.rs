@@ -1231,13 +1231,13 @@ async fn a_provider_down_at_startup_does_not_block_and_its_keys_are_used_once_it
 
 #[tokio::test]
 async fn the_client_library_and_userctl_send_the_token_on_every_call() {
-    use user_service::client::{ClientConfig, ClientError, UserClient};
+    use user_service_client::{ClientConfig, ClientError, Token, UserClient};
     let app = spawn_app_with(hs_settings()).await;
     let me = sign_up(&app.channel, "client").await;
     let endpoint = format!("http://{}", app.grpc_addr);
     let admin = UserClient::connect(ClientConfig {
         endpoint: endpoint.clone(),
-        token: Some(Secret::new(hs(&claims("ops", &["admin"])))),
+        token: Some(Token::new(hs(&claims("ops", &["admin"])))),
         ..ClientConfig::default()
     })
     .await
@@ -1265,7 +1265,7 @@ async fn the_client_library_and_userctl_send_the_token_on_every_call() {
     ));
     let user = UserClient::connect(ClientConfig {
         endpoint: endpoint.clone(),
-        token: Some(Secret::new(hs(&claims(&me, &[])))),
+        token: Some(Token::new(hs(&claims(&me, &[])))),
         ..ClientConfig::default()
     })
     .await
@@ -1276,7 +1276,7 @@ async fn the_client_library_and_userctl_send_the_token_on_every_call() {
     ));
 
     let userctl = |token: Option<String>, args: &[&str]| {
-        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_userctl"));
+        let mut command = tokio::process::Command::new(crate::helpers::userctl());
         command
             .arg("--addr")
             .arg(&endpoint)

@@ -4,7 +4,7 @@ use std::{process::Stdio, time::Duration};
 
 use futures_util::StreamExt;
 use tokio::{io::AsyncWriteExt, process::Command};
-use user_service::client::{ClientConfig, ClientError, UserClient};
+use user_service_client::{ClientConfig, ClientError, UserClient};
 
 use crate::helpers::{email, spawn_app};
 
@@ -65,7 +65,7 @@ async fn connecting_to_nothing_fails_within_the_connect_timeout() {
 }
 
 async fn userctl(addr: &str, args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_userctl"))
+    let mut child = Command::new(crate::helpers::userctl())
         .arg("--addr")
         .arg(addr)
         .args(args)

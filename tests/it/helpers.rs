@@ -28,6 +28,27 @@ pub struct TestApp {
     task: Option<JoinHandle<()>>,
 }
 
+/// The `userctl` binary of this build. It belongs to the client crate
+/// (`crates/user-service-client`), so cargo does not hand this package its
+/// path; `cargo test` from the workspace root builds it into the same
+/// target directory as this test binary (`target/<profile>/deps/..`).
+pub fn userctl() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test binary lives in target/<profile>/deps");
+    let path = dir.join(format!("userctl{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests from the workspace root with plain \
+         `cargo test` (it builds the client crate's userctl too), or \
+         `cargo build -p user-service-client` first",
+        path.display()
+    );
+    path
+}
+
 /// Settings for tests: loopback, ephemeral ports, a short drain, cheap
 /// enough defaults for a 2-core machine.
 pub fn test_settings() -> Settings {

@@ -22,11 +22,8 @@ use tokio::{
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
-use user_service::{
-    client::{ClientConfig, ClientError, ClientTls, UserClient},
-    config::Settings,
-    server::Server,
-};
+use user_service::{config::Settings, server::Server};
+use user_service_client::{ClientConfig, ClientError, ClientTls, UserClient};
 
 use crate::helpers::{email, http_get, test_settings};
 
@@ -545,7 +542,7 @@ fn binary() -> std::process::Command {
 }
 
 async fn userctl(addr: &str, args: &[&str]) -> (bool, String, String) {
-    let child = Command::new(env!("CARGO_BIN_EXE_userctl"))
+    let child = Command::new(crate::helpers::userctl())
         .arg("--addr")
         .arg(addr)
         .args(args)

@@ -1,12 +1,10 @@
-//! Shared pieces of the benchmark binaries: the generated `user.v1` code,
-//! the seed file reader and a minimal flag parser.
+//! Shared pieces of the benchmark binaries: the `user.v1` contract (the
+//! same generated crate the service uses), the seed file reader and a
+//! minimal flag parser.
 
 use std::{collections::HashMap, fs::File, io::BufRead, io::BufReader, path::Path};
 
-pub mod pb {
-    #![allow(clippy::all, clippy::pedantic)]
-    tonic::include_proto!("user.v1");
-}
+pub use user_service_api::v1 as pb;
 
 /// One line of the seed file (JSON Lines). The password hash is not needed
 /// by the baselines, so it is not read.

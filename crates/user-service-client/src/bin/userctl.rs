@@ -10,10 +10,9 @@ use std::{io::BufRead, path::PathBuf, process::ExitCode, time::Duration};
 use clap::{Parser, Subcommand, ValueEnum};
 use futures_util::StreamExt;
 use serde_json::json;
-use user_service::{
-    client::{ClientConfig, ClientError, ClientTls, UserClient},
-    config::Secret,
+use user_service_client::{
     pb::{self, UpdateUserRequest, UserEventType, UserStatus},
+    ClientConfig, ClientError, ClientTls, Token, UserClient,
 };
 
 #[derive(Parser)]
@@ -130,7 +129,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
     let client = UserClient::connect(ClientConfig {
         endpoint: cli.addr,
         request_timeout: cli.timeout,
-        token: cli.token.filter(|t| !t.is_empty()).map(Secret::new),
+        token: cli.token.filter(|t| !t.is_empty()).map(Token::new),
         tls,
         ..ClientConfig::default()
     })

@@ -17,10 +17,12 @@ use tonic::{
 };
 use tonic_types::StatusExt;
 
-use crate::config::Secret;
-use crate::pb::{
-    self, user_service_client::UserServiceClient, CreateUserRequest, DeleteUserRequest,
-    GetUserRequest, ListUsersRequest, UpdateUserRequest, WatchUsersRequest,
+/// The contract's wire types, as the client's calls take and return them.
+pub use user_service_api::v1 as pb;
+
+use pb::{
+    user_service_client::UserServiceClient, CreateUserRequest, DeleteUserRequest, GetUserRequest,
+    ListUsersRequest, UpdateUserRequest, WatchUsersRequest,
 };
 
 /// How to reach the service.
@@ -35,11 +37,28 @@ pub struct ClientConfig {
     pub read_attempts: u32,
     /// A JWT sent as `authorization: Bearer <token>` on every call (see
     /// `user-service token`). Redacted in `Debug`.
-    pub token: Option<Secret>,
+    pub token: Option<Token>,
     /// Whom to trust and who we are. `None` with an `https://` endpoint
     /// trusts the public web PKI roots; `Some` implies TLS even for an
     /// `http://` endpoint.
     pub tls: Option<ClientTls>,
+}
+
+/// A bearer token. Its `Debug` never shows the value, so a logged
+/// `ClientConfig` does not leak it.
+#[derive(Clone)]
+pub struct Token(String);
+
+impl Token {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Token(***)")
+    }
 }
 
 /// TLS options of the client, as PEM.
@@ -220,14 +239,13 @@ impl UserClient {
     pub async fn connect(config: ClientConfig) -> Result<Self, ClientError> {
         let authorization = match &config.token {
             Some(token) => {
-                let mut value =
-                    MetadataValue::try_from(format!("Bearer {}", token.expose().trim()))
-                        // The message must not quote the token.
-                        .map_err(|_| {
-                            ClientError::Connect(
-                                "the token contains characters a header cannot carry".into(),
-                            )
-                        })?;
+                let mut value = MetadataValue::try_from(format!("Bearer {}", token.0.trim()))
+                    // The message must not quote the token.
+                    .map_err(|_| {
+                        ClientError::Connect(
+                            "the token contains characters a header cannot carry".into(),
+                        )
+                    })?;
                 value.set_sensitive(true);
                 Some(value)
             }

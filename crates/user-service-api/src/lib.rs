@@ -1,0 +1,22 @@
+//! The `user.v1` contract as Rust types: the prost messages and the tonic
+//! stubs generated from `proto/user/v1/user_service.proto`.
+//!
+//! This crate holds no behaviour. The server keeps these types at its gRPC
+//! edge (its domain and stores never see them); the client library hands
+//! them to its callers.
+
+/// Package `user.v1`.
+pub mod v1 {
+    #![allow(clippy::all, clippy::pedantic, missing_docs)]
+
+    tonic::include_proto!("user.v1");
+
+    /// The encoded `FileDescriptorSet` of the contract (with its imports,
+    /// and the proto comments as source info): served by reflection, and
+    /// the source of the API reference.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/user_descriptor.bin"));
+
+    /// The fully qualified service name, as used by health checks and metrics.
+    pub const SERVICE_NAME: &str = "user.v1.UserService";
+}
