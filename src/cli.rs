@@ -5,7 +5,7 @@ use std::{path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{ConfigError, Settings, Sources};
+use crate::config::{ConfigError, LogFormat, Settings, Sources};
 
 const ENV_HELP: &str = "\
 CONFIGURATION (lowest precedence first):
@@ -18,7 +18,7 @@ CONFIGURATION (lowest precedence first):
     USER_SERVICE__SHUTDOWN__DRAIN_DELAY=5s
     USER_SERVICE__LOG__FORMAT=json
     USER_SERVICE__AUTH__JWT_SECRET_FILE=/run/secrets/jwt-secret
-  RUST_LOG, when set, overrides log.level. OTEL_EXPORTER_OTLP_ENDPOINT,
+  RUST_LOG, when set, replaces log.level (--log-level still wins). OTEL_EXPORTER_OTLP_ENDPOINT,
   OTEL_SERVICE_NAME and the other OTEL_* variables configure tracing.
   See config/example.toml for every key with its default.";
 
@@ -40,9 +40,9 @@ pub struct Cli {
     /// Log filter, e.g. info or user_service=debug,info (log.level).
     #[arg(long, value_name = "FILTER", global = true)]
     pub log_level: Option<String>,
-    /// text or json (log.format).
-    #[arg(long, value_name = "FORMAT", global = true)]
-    pub log_format: Option<String>,
+    /// Log line format (log.format).
+    #[arg(long, value_enum, global = true)]
+    pub log_format: Option<LogFormat>,
     /// Print the effective configuration (secrets redacted) and exit.
     #[arg(long, global = true)]
     pub print_config: bool,
@@ -73,6 +73,15 @@ pub enum Command {
     },
 }
 
+/// The config value for a `--log-format` choice.
+fn log_format_key(format: LogFormat) -> String {
+    match format {
+        LogFormat::Text => "text",
+        LogFormat::Json => "json",
+    }
+    .to_owned()
+}
+
 impl Cli {
     /// Loads settings from every source, the flags given here last.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
@@ -81,7 +90,7 @@ impl Cli {
             ("admin.addr", &self.admin_addr),
             ("store.url", &self.store_url),
             ("log.level", &self.log_level),
-            ("log.format", &self.log_format),
+            ("log.format", &self.log_format.map(log_format_key)),
         ];
         Settings::load(Sources {
             file: self.config.as_deref(),

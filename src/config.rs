@@ -7,14 +7,17 @@
 
 use std::{
     collections::HashMap,
-    fmt,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
 };
 
 use config::{Config, Environment, File, FileFormat};
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
+
+mod secret;
+
+pub use secret::{read_secret_file, Secret, StoreUrl};
 
 /// The environment prefix: `USER_SERVICE__GRPC__ADDR` sets `grpc.addr`.
 pub const ENV_PREFIX: &str = "USER_SERVICE";
@@ -135,7 +138,7 @@ pub struct StoreSettings {
 impl Default for StoreSettings {
     fn default() -> Self {
         Self {
-            url: StoreUrl::memory(),
+            url: StoreUrl::Memory,
             url_file: None,
             migrate: true,
             max_connections: 10,
@@ -194,7 +197,7 @@ impl Default for HealthSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct LogSettings {
     /// A `tracing` filter: `info`, `debug`, `user_service=debug,info`, ...
-    /// `RUST_LOG`, when set, takes precedence.
+    /// `RUST_LOG`, when set, replaces it (below `--log-level`).
     pub level: String,
     pub format: LogFormat,
 }
@@ -208,7 +211,7 @@ impl Default for LogSettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable, for a terminal.
@@ -375,58 +378,6 @@ impl AuthSettings {
     }
 }
 
-/// Reads a secret mounted as a file. The error names the key and the path,
-/// never the content.
-pub fn read_secret_file(key: &str, path: &Path) -> Result<Secret, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::Invalid(format!("{key}: cannot read {}: {e}", path.display())))?;
-    // `echo secret > file` and editors add a newline the secret never had.
-    let text = text.trim_end();
-    if text.is_empty() {
-        return Err(ConfigError::Invalid(format!(
-            "{key}: {} is empty",
-            path.display()
-        )));
-    }
-    Ok(Secret::new(text))
-}
-
-/// A secret string (JWT secret, password): `Debug` and `Serialize` show
-/// `***`, there is no `Display`, and only [`Secret::expose`] hands out the
-/// value, so it cannot reach a log line or `--print-config` by accident.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The value itself: only for the code that needs it (key setup, a
-    /// request header), never for formatting.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("***")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        String::deserialize(deserializer).map(Secret)
-    }
-}
-
 impl TlsSettings {
     pub fn enabled(&self) -> bool {
         self.cert_file.is_some() && self.key_file.is_some()
@@ -456,106 +407,6 @@ impl TlsSettings {
             ));
         }
         Ok(())
-    }
-}
-
-/// `store.url`: a URL that may carry a password, so it never prints one.
-#[derive(Clone, PartialEq, Eq)]
-pub struct StoreUrl(String);
-
-impl StoreUrl {
-    pub fn memory() -> Self {
-        Self("memory://".into())
-    }
-
-    pub fn parse(raw: &str) -> Result<Self, String> {
-        match raw.split_once("://") {
-            Some(("memory", "")) => Ok(Self(raw.to_owned())),
-            Some(("postgres" | "postgresql", rest)) if !rest.is_empty() => Ok(Self(raw.to_owned())),
-            _ => Err("expected memory:// or postgres://user:password@host:port/database".into()),
-        }
-    }
-
-    /// `memory` or `postgres`.
-    pub fn scheme(&self) -> &str {
-        match self.0.split_once("://") {
-            Some(("postgresql", _)) => "postgres",
-            Some((scheme, _)) => scheme,
-            None => "",
-        }
-    }
-
-    /// The full URL, password included: only for handing to the driver.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL with any password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        let Some((scheme, rest)) = self.0.split_once("://") else {
-            return self.0.clone();
-        };
-        // userinfo ends at the last '@' before the first '/'.
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(authority_end);
-        match authority.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-                let masked = if userinfo.contains(':') { ":***" } else { "" };
-                // A password may also hide in the query (`?password=`).
-                let tail = redact_query_password(tail);
-                format!("{scheme}://{user}{masked}@{host}{tail}")
-            }
-            None => format!("{scheme}://{authority}{}", redact_query_password(tail)),
-        }
-    }
-}
-
-fn redact_query_password(tail: &str) -> String {
-    let Some((path, query)) = tail.split_once('?') else {
-        return tail.to_owned();
-    };
-    let params: Vec<String> = query
-        .split('&')
-        .map(|kv| match kv.split_once('=') {
-            Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-            _ => kv.to_owned(),
-        })
-        .collect();
-    format!("{path}?{}", params.join("&"))
-}
-
-impl Default for StoreUrl {
-    fn default() -> Self {
-        Self::memory()
-    }
-}
-
-impl fmt::Debug for StoreUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "StoreUrl({})", self.redacted())
-    }
-}
-
-impl fmt::Display for StoreUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-// Serialising is how `--print-config` shows settings, so it redacts; the
-// config loader never serialises a URL it read (defaults only), so nothing
-// is lost.
-impl Serialize for StoreUrl {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.redacted())
-    }
-}
-
-impl<'de> Deserialize<'de> for StoreUrl {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = String::deserialize(deserializer)?;
-        StoreUrl::parse(&raw).map_err(serde::de::Error::custom)
     }
 }
 
@@ -605,12 +456,25 @@ impl Settings {
             builder = builder.add_source(File::from_str(&text, FileFormat::Toml));
         }
 
+        // RUST_LOG is the ecosystem's name for log.level: applied here, as
+        // a layer above USER_SERVICE__LOG__LEVEL and below --log-level, so
+        // it is validated with everything else and --print-config shows it.
+        let rust_log = match &sources.env {
+            Some(env) => env.get("RUST_LOG").cloned(),
+            None => std::env::var("RUST_LOG").ok(),
+        }
+        .filter(|v| !v.trim().is_empty());
         builder = builder.add_source(
             Environment::with_prefix(ENV_PREFIX)
                 .separator(ENV_SEPARATOR)
                 .try_parsing(true)
                 .source(sources.env),
         );
+        if let Some(level) = rust_log {
+            builder = builder
+                .set_override("log.level", level)
+                .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        }
         for (key, value) in sources.overrides {
             builder = builder
                 .set_override(key, value)
@@ -631,7 +495,7 @@ impl Settings {
     /// and checked by `validate`, so a bad file still stops startup.
     fn read_secret_files(&mut self) -> Result<(), ConfigError> {
         if let Some(path) = &self.store.url_file {
-            if self.store.url != StoreUrl::memory() {
+            if self.store.url != StoreUrl::Memory {
                 return Err(ConfigError::Invalid(
                     "store.url_file: set either store.url or store.url_file, not both".into(),
                 ));
@@ -695,9 +559,11 @@ impl Settings {
             }
         }
         self.tls.validate()?;
-        tracing_subscriber::EnvFilter::try_new(&self.log.level).map_err(|e| {
+        // The same parse telemetry::init does, so a level accepted here is
+        // the level the service logs at.
+        crate::telemetry::log_filter(&self.log.level).map_err(|e| {
             ConfigError::Invalid(format!(
-                "log.level: expected a level (error, warn, info, debug, trace) or a filter like \"user_service=debug,info\": {e}"
+                "log.level (or RUST_LOG): expected a level (error, warn, info, debug, trace) or a filter like \"user_service=debug,info\": {e}"
             ))
         })?;
         self.validate_auth()
@@ -788,29 +654,6 @@ fn describe(err: config::ConfigError) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords_in_urls() {
-        let url = StoreUrl::parse("postgres://app:s3cr3t@db:5432/users?sslmode=require").unwrap();
-        assert_eq!(
-            url.redacted(),
-            "postgres://app:***@db:5432/users?sslmode=require"
-        );
-        assert!(!format!("{url:?} {url}").contains("s3cr3t"));
-        let url = StoreUrl::parse("postgres://app:p%40ss@w@rd@db/users").unwrap();
-        assert!(!url.redacted().contains("rd"), "{}", url.redacted());
-        let url = StoreUrl::parse("postgres://db/users?user=app&password=s3cr3t").unwrap();
-        assert_eq!(url.redacted(), "postgres://db/users?user=app&password=***");
-        assert_eq!(StoreUrl::memory().redacted(), "memory://");
-    }
-
-    #[test]
-    fn store_url_scheme_is_checked() {
-        assert!(StoreUrl::parse("memory://").is_ok());
-        assert!(StoreUrl::parse("postgresql://db/users").is_ok());
-        assert!(StoreUrl::parse("mysql://db/users").is_err());
-        assert!(StoreUrl::parse("memory").is_err());
-    }
 
     #[test]
     fn print_config_never_shows_the_password() {

@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
 use crate::{
-    config::StoreSettings,
+    config::{StoreSettings, StoreUrl},
     domain::{NewUser, User, UserEvent, UserId, UserPatch},
 };
 
@@ -87,8 +87,8 @@ pub struct PoolStats {
 
 /// Opens the store named by `store.url`.
 pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn UserStore>, StoreError> {
-    match settings.url.scheme() {
-        "memory" => {
+    match &settings.url {
+        StoreUrl::Memory => {
             let store = MemoryStore::new(settings.watch_buffer);
             if let Some(path) = &settings.seed_file {
                 let count = seed::load(&store, path)?;
@@ -96,26 +96,20 @@ pub async fn open(settings: &StoreSettings) -> Result<Arc<dyn UserStore>, StoreE
             }
             Ok(Arc::new(store))
         }
-        "postgres" if settings.seed_file.is_some() => Err(StoreError::Internal(
+        StoreUrl::Postgres(_) if settings.seed_file.is_some() => Err(StoreError::Internal(
             "store.seed_file is for the memory store; load PostgreSQL with its own tools".into(),
         )),
         // Lazy: does not connect, so startup never waits for the database.
-        "postgres" => Ok(Arc::new(PostgresStore::open(settings)?)),
-        other => Err(StoreError::Internal(format!(
-            "store.url: unsupported scheme {other:?}"
-        ))),
+        StoreUrl::Postgres(_) => Ok(Arc::new(PostgresStore::open(settings)?)),
     }
 }
 
 /// Applies the schema migrations of a PostgreSQL store.
 pub async fn migrate(settings: &StoreSettings) -> Result<(), StoreError> {
-    match settings.url.scheme() {
-        "memory" => Err(StoreError::Internal(
+    match &settings.url {
+        StoreUrl::Memory => Err(StoreError::Internal(
             "store.url: migrate needs a postgres:// store; the memory store has no schema".into(),
         )),
-        "postgres" => postgres::migrate(settings).await,
-        other => Err(StoreError::Internal(format!(
-            "store.url: unsupported scheme {other:?}"
-        ))),
+        StoreUrl::Postgres(_) => postgres::migrate(settings).await,
     }
 }

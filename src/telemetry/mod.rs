@@ -77,9 +77,14 @@ impl Telemetry {
     }
 }
 
-/// Installs the global subscriber and the tracer provider. `RUST_LOG`, when
-/// set, wins over `log.level`. Transport crates are capped at `warn` unless
-/// a directive names them, so `debug` stays readable.
+/// The log filter for `log.level` (RUST_LOG is folded into it by the
+/// config loader). Transport crates are capped at `warn` unless a directive
+/// names them, so `debug` stays readable.
+pub fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::ParseError> {
+    EnvFilter::try_new(with_quiet_transport(level))
+}
+
+/// Installs the global subscriber and the tracer provider.
 ///
 /// Must run inside the Tokio runtime (the OTLP client spawns its connection
 /// task there). Never blocks on, or fails because of, the collector.
@@ -90,12 +95,15 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
         trace::set_exporting_tracer(provider.tracer(SERVICE_NAME));
     }
 
-    let directives = std::env::var("RUST_LOG")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .unwrap_or_else(|| log.level.clone());
-    let log_filter = EnvFilter::try_new(with_quiet_transport(&directives))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Settings::load validated log.level with this same function; a level
+    // that still fails is said out loud, never silently replaced.
+    let log_filter = log_filter(&log.level).unwrap_or_else(|err| {
+        eprintln!(
+            "log.level {:?} is not a valid filter ({err}); logging at info",
+            log.level
+        );
+        EnvFilter::new(with_quiet_transport("info"))
+    });
     // Only our spans become OpenTelemetry spans, whatever the log level.
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SERVICE_NAME))

@@ -278,3 +278,44 @@ fn the_example_config_lists_every_key_with_its_default() {
         );
     }
 }
+
+#[test]
+fn rust_log_is_a_layer_of_log_level_validated_and_shown() {
+    // Above USER_SERVICE__LOG__LEVEL, below --log-level.
+    let s = load(
+        None,
+        &[("USER_SERVICE__LOG__LEVEL", "warn"), ("RUST_LOG", "debug")],
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(s.log.level, "debug");
+    let s = load(
+        None,
+        &[("RUST_LOG", "debug")],
+        vec![("log.level", "error".into())],
+    )
+    .unwrap();
+    assert_eq!(s.log.level, "error");
+
+    // --print-config shows the level that applies.
+    let output = binary()
+        .args(["--print-config"])
+        .env("RUST_LOG", "user_service=trace,info")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(r#"level = "user_service=trace,info""#), "{stdout}");
+
+    // A bad filter stops startup instead of logging at some other level.
+    let bad = binary().env("RUST_LOG", "user_service=loud").output().unwrap();
+    assert_one_clear_line(&bad, "log.level");
+}
+
+#[test]
+fn log_format_flag_offers_its_values() {
+    let output = binary().args(["--log-format", "yaml"]).output().unwrap();
+    assert_eq!(output.status.code(), Some(2), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("text") && stderr.contains("json"), "{stderr}");
+}
