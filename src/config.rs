@@ -1,7 +1,8 @@
 //! Typed, validated, layered settings.
 //!
 //! Precedence, lowest first: built-in defaults < TOML file (`--config`) <
-//! environment (`USER_SERVICE__SECTION__KEY`) < explicit CLI flags. Every
+//! environment (`USER_SERVICE__SECTION__KEY`, then `RUST_LOG` for
+//! `log.level`) < explicit CLI flags. Every
 //! key lives in one struct tree below; unknown keys are errors, so a typo in
 //! a file or a variable is caught at startup instead of silently ignored.
 

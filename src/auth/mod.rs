@@ -2,7 +2,7 @@
 //! call before any handler runs, and hands the caller to the handlers.
 //!
 //! It works at the HTTP level, inside the observing layer
-//! (`grpc/layers.rs`), so a refused call is still counted and logged with
+//! (`grpc/middleware/observe.rs`), so a refused call is still counted and logged with
 //! its code. Per method (from the path, see [`policy`]): public methods
 //! pass untouched; the others need a valid token, and admin-only methods
 //! the `admin` role. The caller goes into the request extensions as a

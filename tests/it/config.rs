@@ -305,10 +305,16 @@ fn rust_log_is_a_layer_of_log_level_validated_and_shown() {
         .unwrap();
     assert!(output.status.success(), "{output:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(stdout.contains(r#"level = "user_service=trace,info""#), "{stdout}");
+    assert!(
+        stdout.contains(r#"level = "user_service=trace,info""#),
+        "{stdout}"
+    );
 
     // A bad filter stops startup instead of logging at some other level.
-    let bad = binary().env("RUST_LOG", "user_service=loud").output().unwrap();
+    let bad = binary()
+        .env("RUST_LOG", "user_service=loud")
+        .output()
+        .unwrap();
     assert_one_clear_line(&bad, "log.level");
 }
 
@@ -317,5 +323,8 @@ fn log_format_flag_offers_its_values() {
     let output = binary().args(["--log-format", "yaml"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("text") && stderr.contains("json"), "{stderr}");
+    assert!(
+        stderr.contains("text") && stderr.contains("json"),
+        "{stderr}"
+    );
 }

@@ -13,7 +13,9 @@ use user_service::{
     store::{self, UserStore},
 };
 
-const NO_CLUSTER: &str = "PostgreSQL tests need PG* env vars; run them via `make test`";
+const NO_CLUSTER: &str = "this PostgreSQL test (store_contract::postgres::*, postgres::*) needs a \
+     cluster named by PGHOST/PGUSER (PGPORT, PGPASSWORD optional): run `make test`, or \
+     `pg_virtualenv cargo test` (Debian's postgresql-common), or point PG* at your own server";
 
 /// A database of its own, dropped (with any session still on it) when the
 /// value is.
