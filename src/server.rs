@@ -141,7 +141,10 @@ impl Server {
         let admin_store = Arc::clone(&store);
         let users = UserService::new(
             store,
-            PasswordHasher::new(settings.limits.password_hash_concurrency),
+            PasswordHasher::new(
+                settings.limits.password_hash_concurrency,
+                settings.limits.password_hash_queue,
+            ),
             UserServiceLimits {
                 list_batch: settings.limits.list_batch,
                 bulk_max_items: settings.limits.bulk_max_items,
@@ -272,6 +275,7 @@ fn spawn_grpc(
                 trace_health_checks: settings.telemetry.trace_health_checks,
                 default_timeout: g.default_timeout,
                 max_message_size: g.max_message_size,
+                max_concurrent_requests: g.max_concurrent_requests,
             },
             auth.layer(),
         ))

@@ -11,6 +11,7 @@ mod config;
 mod health;
 mod limits;
 mod observability;
+mod overload;
 mod pg;
 mod postgres;
 mod shutdown;
