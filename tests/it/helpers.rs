@@ -339,3 +339,40 @@ pub fn metric_value(body: &str, series: &str) -> Option<f64> {
     }
     found
 }
+
+/// A `store.seed_file` of `n` users sharing one precomputed PHC hash
+/// (loading 100k users costs no hashing); returns the file and the ids in
+/// order.
+pub fn seed_file(n: usize) -> (tempfile::NamedTempFile, Vec<String>) {
+    use std::io::Write;
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let mut out = std::io::BufWriter::new(file.as_file());
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = uuid::Uuid::now_v7().to_string();
+        writeln!(
+            out,
+            r#"{{"id":"{id}","email":"seed{i}@example.com","name":"Seeded user {i:06}","password_hash":"{HASH}"}}"#
+        )
+        .expect("write seed file");
+        ids.push(id);
+    }
+    out.flush().expect("flush seed file");
+    drop(out);
+    (file, ids)
+}
+
+/// A channel with small HTTP/2 windows: the server can get only `window`
+/// bytes ahead of what this client has read, as with a slow reader.
+pub async fn connect_small_window(addr: SocketAddr, window: u32) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(Some(window))
+        .initial_connection_window_size(Some(window))
+        .connect()
+        .await
+        .expect("connect")
+}
