@@ -21,6 +21,7 @@ pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
 pub const GRPC_IN_FLIGHT: &str = "user_service_grpc_requests_in_flight";
 pub const GRPC_MAX_CONCURRENT: &str = "user_service_grpc_max_concurrent_requests";
 pub const GRPC_SHED: &str = "user_service_grpc_requests_shed_total";
+pub const GRPC_CONNECTIONS_ACCEPTED: &str = "user_service_grpc_connections_accepted_total";
 pub const STORE_OPERATION_SECONDS: &str = "user_service_store_operation_duration_seconds";
 pub const STORE_POOL_CONNECTIONS: &str = "user_service_store_pool_connections";
 pub const STORE_POOL_MAX_CONNECTIONS: &str = "user_service_store_pool_max_connections";
@@ -104,6 +105,10 @@ fn describe() {
     describe_counter!(
         GRPC_SHED,
         "Calls answered RESOURCE_EXHAUSTED at once because grpc.max_concurrent_requests were in progress."
+    );
+    describe_counter!(
+        GRPC_CONNECTIONS_ACCEPTED,
+        "Connections accepted on the gRPC port (after the TLS handshake when TLS is on)."
     );
     describe_histogram!(
         STORE_OPERATION_SECONDS,

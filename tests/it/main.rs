@@ -8,6 +8,7 @@ mod api;
 mod auth;
 mod client;
 mod config;
+mod connections;
 mod health;
 mod limits;
 mod observability;
