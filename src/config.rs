@@ -62,6 +62,13 @@ pub struct GrpcSettings {
     pub keepalive_timeout: Duration,
     /// Concurrent calls per connection.
     pub max_concurrent_streams: u32,
+    /// `user.v1.UserService` calls handled at once, over all connections;
+    /// one more is answered RESOURCE_EXHAUSTED at once (load shedding).
+    /// Streams count until their response headers only. Health and
+    /// reflection are never limited. 0 = no limit: the right number depends
+    /// on the CPUs the process gets, which the deployment knows (the Helm
+    /// chart sets one).
+    pub max_concurrent_requests: usize,
     /// Largest message, in bytes, received or sent. A larger request is
     /// answered RESOURCE_EXHAUSTED from its length prefix alone.
     pub max_message_size: usize,
@@ -82,6 +89,7 @@ impl Default for GrpcSettings {
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
             max_concurrent_streams: 1024,
+            max_concurrent_requests: 0,
             max_message_size: 4 * 1024 * 1024,
             max_metadata_size: 16 * 1024,
             reflection: true,
@@ -241,6 +249,11 @@ pub struct LimitSettings {
     pub list_batch: usize,
     /// Password hashes computed at once (each takes ~19 MiB and a core).
     pub password_hash_concurrency: usize,
+    /// Hashes that may wait for a hashing thread. When that many wait,
+    /// CreateUser answers RESOURCE_EXHAUSTED at once instead of queueing
+    /// without bound (BulkCreateUsers waits: it is bounded by its own
+    /// look-ahead and by the concurrency limit).
+    pub password_hash_queue: usize,
 }
 
 impl Default for LimitSettings {
@@ -251,6 +264,7 @@ impl Default for LimitSettings {
             password_hash_concurrency: std::thread::available_parallelism()
                 .map(usize::from)
                 .unwrap_or(2),
+            password_hash_queue: 64,
         }
     }
 }
@@ -517,6 +531,10 @@ impl Settings {
             (
                 "limits.password_hash_concurrency",
                 self.limits.password_hash_concurrency,
+            ),
+            (
+                "limits.password_hash_queue",
+                self.limits.password_hash_queue,
             ),
             ("store.watch_buffer", self.store.watch_buffer),
             ("store.max_connections", self.store.max_connections as usize),

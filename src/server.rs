@@ -4,6 +4,7 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
+use futures_util::StreamExt;
 use rand_core::{OsRng, RngCore};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::server::TcpIncoming;
@@ -14,7 +15,7 @@ use crate::{
     config::Settings,
     domain::{PasswordHasher, UserService, UserServiceLimits},
     grpc::middleware::{self, StackOptions},
-    grpc::UserGrpc,
+    grpc::{max_age::Aged, UserGrpc},
     health::Health,
     pb,
     store::{self, InstrumentedStore, StoreError, UserStore},
@@ -141,7 +142,10 @@ impl Server {
         let admin_store = Arc::clone(&store);
         let users = UserService::new(
             store,
-            PasswordHasher::new(settings.limits.password_hash_concurrency),
+            PasswordHasher::new(
+                settings.limits.password_hash_concurrency,
+                settings.limits.password_hash_queue,
+            ),
             UserServiceLimits {
                 list_batch: settings.limits.list_batch,
                 bulk_max_items: settings.limits.bulk_max_items,
@@ -276,13 +280,15 @@ fn spawn_grpc(
                 trace_health_checks: settings.telemetry.trace_health_checks,
                 default_timeout: g.default_timeout,
                 max_message_size: g.max_message_size,
+                max_concurrent_requests: g.max_concurrent_requests,
             },
             auth.layer(),
         ))
         .max_concurrent_streams(g.max_concurrent_streams)
         .http2_max_header_list_size(g.max_metadata_size)
+        // GOAWAY at the age; the grace is enforced by `max_age::Aged`
+        // below (tonic's own grace would replace the GOAWAY, see there).
         .max_connection_age(max_age)
-        .max_connection_age_grace(g.max_connection_age_grace)
         .http2_keepalive_interval(Some(g.keepalive_interval))
         .http2_keepalive_timeout(Some(g.keepalive_timeout))
         .add_service(health_service)
@@ -293,12 +299,32 @@ fn spawn_grpc(
     let stop = async move {
         let _ = draining.wait_for(|d| *d).await;
     };
+    // Connections handed to tonic (after the TLS handshake, with TLS): the
+    // rate shows clients reconnecting, e.g. after `grpc.max_connection_age`.
+    let accepted = metrics::counter!(telemetry::metrics::GRPC_CONNECTIONS_ACCEPTED);
+    accepted.increment(0);
+    // Every connection is closed for good this long after it was accepted.
+    let lifetime = max_age.saturating_add(g.max_connection_age_grace);
     Ok(tokio::spawn(async move {
         let served = match tls {
-            None => router.serve_with_incoming_shutdown(incoming, stop).await,
+            None => {
+                router
+                    .serve_with_incoming_shutdown(
+                        incoming
+                            .inspect(counting(accepted))
+                            .map(move |io| io.map(|io| Aged::new(io, lifetime))),
+                        stop,
+                    )
+                    .await
+            }
             Some(tls) => {
                 router
-                    .serve_with_incoming_shutdown(tls::incoming(incoming, tls), stop)
+                    .serve_with_incoming_shutdown(
+                        tls::incoming(incoming, tls)
+                            .inspect(counting(accepted))
+                            .map(move |io| io.map(|io| Aged::new(io, lifetime))),
+                        stop,
+                    )
                     .await
             }
         };
@@ -324,6 +350,15 @@ fn spawn_admin(
             tracing::error!(error = %err, "admin listener failed");
         }
     })
+}
+
+/// Counts the connections an incoming stream yields.
+fn counting<T, E>(accepted: metrics::Counter) -> impl FnMut(&Result<T, E>) {
+    move |item| {
+        if item.is_ok() {
+            accepted.increment(1);
+        }
+    }
 }
 
 /// `base` scaled by a random factor in [1 - spread, 1 + spread].

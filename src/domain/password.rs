@@ -45,8 +45,12 @@ impl fmt::Debug for Password {
 ///
 /// Hashing is deliberately slow and memory-hard (~19 MiB each with the
 /// default parameters), so it must never run on the async workers, and the
-/// number of hashes in flight is capped: a burst of `BulkCreateUsers` queues
-/// here instead of exhausting memory or starving other requests.
+/// number of hashes in flight is capped. The queue in front of the threads
+/// is bounded too: [`PasswordHasher::try_hash`] (CreateUser) is refused at
+/// once when it is full, so a burst of sign-ups is answered
+/// RESOURCE_EXHAUSTED in microseconds instead of waiting, each holding its
+/// request, until the deadline; [`PasswordHasher::hash`] (BulkCreateUsers,
+/// a few items ahead per stream) waits for room.
 ///
 /// Why dedicated threads rather than `spawn_blocking`: the blocking pool
 /// starts fresh threads over time, and glibc gives each new thread its own
@@ -63,15 +67,13 @@ struct Job {
     reply: oneshot::Sender<Result<String, DomainError>>,
 }
 
-/// Jobs that may wait per worker before callers wait to enqueue.
-const QUEUE_PER_WORKER: usize = 32;
-
 impl PasswordHasher {
-    /// Starts `workers` hashing threads. They exit when the last clone of
-    /// the hasher is dropped.
-    pub fn new(workers: usize) -> Self {
+    /// Starts `workers` hashing threads with room for `queue` waiting jobs
+    /// (both at least 1). The threads exit when the last clone of the
+    /// hasher is dropped.
+    pub fn new(workers: usize, queue: usize) -> Self {
         let workers = workers.max(1);
-        let (jobs, queue) = mpsc::channel::<Job>(workers * QUEUE_PER_WORKER);
+        let (jobs, queue) = mpsc::channel::<Job>(queue.max(1));
         let queue = Arc::new(Mutex::new(queue));
         for n in 0..workers {
             let queue = Arc::clone(&queue);
@@ -87,7 +89,8 @@ impl PasswordHasher {
         Self { jobs }
     }
 
-    /// Returns the PHC string (`$argon2id$v=19$...`) for `password`.
+    /// Returns the PHC string (`$argon2id$v=19$...`) for `password`,
+    /// waiting for room in the queue if needed.
     pub async fn hash(&self, password: Password) -> Result<String, DomainError> {
         let (reply, answer) = oneshot::channel();
         // Waiting for queue space and for the answer are both cancelled
@@ -96,7 +99,29 @@ impl PasswordHasher {
         self.jobs
             .send(Job { password, reply })
             .await
-            .map_err(|_| DomainError::Internal("password hashing threads are gone".into()))?;
+            .map_err(|_| gone())?;
+        Self::answer(answer).await
+    }
+
+    /// Like [`PasswordHasher::hash`], but a full queue is
+    /// [`DomainError::Overloaded`] at once.
+    pub async fn try_hash(&self, password: Password) -> Result<String, DomainError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .try_send(Job { password, reply })
+            .map_err(|err| match err {
+                mpsc::error::TrySendError::Full(_) => DomainError::Overloaded(
+                    "too many passwords are being hashed (limits.password_hash_queue); retry with backoff"
+                        .into(),
+                ),
+                mpsc::error::TrySendError::Closed(_) => gone(),
+            })?;
+        Self::answer(answer).await
+    }
+
+    async fn answer(
+        answer: oneshot::Receiver<Result<String, DomainError>>,
+    ) -> Result<String, DomainError> {
         answer
             .await
             .map_err(|_| DomainError::Internal("password hashing thread failed".into()))?
@@ -113,6 +138,10 @@ impl PasswordHasher {
             })
             .unwrap_or(false)
     }
+}
+
+fn gone() -> DomainError {
+    DomainError::Internal("password hashing threads are gone".into())
 }
 
 fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
@@ -184,7 +213,7 @@ mod tests {
 
     #[tokio::test]
     async fn hashes_are_salted_argon2id_and_verify() {
-        let hasher = PasswordHasher::new(2);
+        let hasher = PasswordHasher::new(2, 4);
         let a = hasher
             .hash(Password::parse("correct horse".into()).unwrap())
             .await
@@ -197,5 +226,41 @@ mod tests {
         assert_ne!(a, b, "each hash has its own salt");
         assert!(PasswordHasher::verify("correct horse", &a));
         assert!(!PasswordHasher::verify("wrong horse", &a));
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_try_hash_at_once_and_hash_waits() {
+        let hasher = PasswordHasher::new(1, 1);
+        let password = || Password::parse("correct horse".into()).unwrap();
+        // One job on the thread, one waiting: the queue is full until the
+        // thread takes the next.
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.try_hash(password()).await })
+            })
+            .collect();
+        let mut refused = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(_) => {}
+                Err(DomainError::Overloaded(message)) => {
+                    assert!(message.contains("password_hash_queue"), "{message}");
+                    refused += 1;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert!(refused >= 1, "8 at once cannot all fit in a queue of 1");
+        // Waiting callers all get served.
+        let waiting: Vec<_> = (0..3)
+            .map(|_| {
+                let hasher = hasher.clone();
+                tokio::spawn(async move { hasher.hash(password()).await })
+            })
+            .collect();
+        for call in waiting {
+            call.await.unwrap().unwrap();
+        }
     }
 }

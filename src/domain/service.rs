@@ -65,6 +65,13 @@ pub struct UpdateUser {
     pub paths: Vec<String>,
 }
 
+/// What hashing does when its queue is full.
+#[derive(Debug, Clone, Copy)]
+enum Queue {
+    Wait,
+    FailFast,
+}
+
 #[derive(Clone)]
 pub struct UserService {
     store: Arc<dyn UserStore>,
@@ -87,11 +94,23 @@ impl UserService {
 
     /// Validates every field (reporting all violations at once) and hashes
     /// the password: the slow, parallelisable half of creating a user.
+    /// Waits for room in the hashing queue (BulkCreateUsers: each stream
+    /// hashes only a few items ahead).
     pub async fn prepare(
         &self,
         email: &str,
         name: &str,
         password: String,
+    ) -> Result<NewUser, DomainError> {
+        self.prepare_with(email, name, password, Queue::Wait).await
+    }
+
+    async fn prepare_with(
+        &self,
+        email: &str,
+        name: &str,
+        password: String,
+        queue: Queue,
     ) -> Result<NewUser, DomainError> {
         let mut errors = ValidationError::default();
         let email = errors.check(Email::parse(email));
@@ -100,7 +119,10 @@ impl UserService {
         let (Some(email), Some(name), Some(password)) = (email, name, password) else {
             return Err(errors.into());
         };
-        let password_hash = self.hasher.hash(password).await?;
+        let password_hash = match queue {
+            Queue::Wait => self.hasher.hash(password).await?,
+            Queue::FailFast => self.hasher.try_hash(password).await?,
+        };
         Ok(NewUser {
             id: UserId::generate(),
             email,
@@ -123,7 +145,11 @@ impl UserService {
         name: &str,
         password: String,
     ) -> Result<User, DomainError> {
-        let user = self.prepare(email, name, password).await?;
+        // One sign-up is one hash: with the queue full it is refused at once
+        // (RESOURCE_EXHAUSTED) rather than left waiting with its request.
+        let user = self
+            .prepare_with(email, name, password, Queue::FailFast)
+            .await?;
         self.insert(user).await
     }
 
@@ -374,7 +400,7 @@ mod tests {
     async fn a_watcher_that_falls_behind_is_told_so() {
         let service = UserService::new(
             Arc::new(MemoryStore::new(2)),
-            PasswordHasher::new(1),
+            PasswordHasher::new(1, 8),
             UserServiceLimits {
                 list_batch: 10,
                 bulk_max_items: 10,

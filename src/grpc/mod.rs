@@ -4,6 +4,7 @@
 
 pub mod codes;
 mod convert;
+pub mod max_age;
 pub mod middleware;
 mod service;
 mod status;

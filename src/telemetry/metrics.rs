@@ -17,6 +17,11 @@ pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
 pub const GRPC_MSG_RECEIVED: &str = "grpc_server_msg_received_total";
 pub const GRPC_MSG_SENT: &str = "grpc_server_msg_sent_total";
 pub const GRPC_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+/// Load shedding (`grpc/middleware/limit.rs`).
+pub const GRPC_IN_FLIGHT: &str = "user_service_grpc_requests_in_flight";
+pub const GRPC_MAX_CONCURRENT: &str = "user_service_grpc_max_concurrent_requests";
+pub const GRPC_SHED: &str = "user_service_grpc_requests_shed_total";
+pub const GRPC_CONNECTIONS_ACCEPTED: &str = "user_service_grpc_connections_accepted_total";
 pub const STORE_OPERATION_SECONDS: &str = "user_service_store_operation_duration_seconds";
 pub const STORE_POOL_CONNECTIONS: &str = "user_service_store_pool_connections";
 pub const STORE_POOL_MAX_CONNECTIONS: &str = "user_service_store_pool_max_connections";
@@ -88,6 +93,22 @@ fn describe() {
     describe_histogram!(
         GRPC_HANDLING_SECONDS,
         "Histogram of response latency (seconds) of gRPC that had been application-level handled by the server."
+    );
+    describe_gauge!(
+        GRPC_IN_FLIGHT,
+        "user.v1.UserService calls being handled now (until their response headers; streams count during their setup only)."
+    );
+    describe_gauge!(
+        GRPC_MAX_CONCURRENT,
+        "grpc.max_concurrent_requests: calls handled at once before new ones are shed (0 = no limit)."
+    );
+    describe_counter!(
+        GRPC_SHED,
+        "Calls answered RESOURCE_EXHAUSTED at once because grpc.max_concurrent_requests were in progress."
+    );
+    describe_counter!(
+        GRPC_CONNECTIONS_ACCEPTED,
+        "Connections accepted on the gRPC port (after the TLS handshake when TLS is on)."
     );
     describe_histogram!(
         STORE_OPERATION_SECONDS,

@@ -228,3 +228,172 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .map(|br| br.field_violations.into_iter().map(|v| v.field).collect())
         .unwrap_or_default()
 }
+
+/// The real binary as a child process (for signals, exit codes and its own
+/// memory figures), on free loopback ports and the memory store unless
+/// `env` says otherwise. Killed when dropped.
+pub struct ChildApp {
+    pub child: std::process::Child,
+    pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+}
+
+/// Starts the binary with `env` (`USER_SERVICE__...` pairs) and waits until
+/// `/readyz` says ready.
+pub async fn spawn_child(env: &[(&str, &str)]) -> ChildApp {
+    let (grpc_addr, admin_addr) = (free_addr(), free_addr());
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_user-service"));
+    command
+        .args([
+            "--grpc-addr",
+            &grpc_addr.to_string(),
+            "--admin-addr",
+            &admin_addr.to_string(),
+        ])
+        .env_remove("USER_SERVICE__STORE__URL")
+        .env("USER_SERVICE__LOG__LEVEL", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let child = command.spawn().expect("spawn the binary");
+    let app = ChildApp {
+        child,
+        grpc_addr,
+        admin_addr,
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while http_get(admin_addr, "/readyz").await.0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the binary never became ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    app
+}
+
+impl ChildApp {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`-TERM`, `-INT`, `-STOP`, ...) with kill(1).
+    pub fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([signal, &self.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {signal}");
+    }
+
+    /// The exit status once the process has exited, or `None` after `within`.
+    pub async fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(exit) = self.child.try_wait().expect("try_wait") {
+                return Some(exit);
+            }
+            if std::time::Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Resident memory of the process, in KiB (VmRSS in /proc).
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
+    /// One sample of a metric (exact name and label set, as rendered).
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let (_, body) = http_get(self.admin_addr, "/metrics").await;
+        metric_value(&body, series)
+    }
+}
+
+impl Drop for ChildApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// VmRSS of `pid` in KiB (0 when unreadable).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The sum of the samples of `series` in a Prometheus text body: a bare
+/// name, or a name with a label subset like `x{grpc_method="GetUser"`
+/// (without the closing brace) matched as a prefix per label.
+pub fn metric_value(body: &str, series: &str) -> Option<f64> {
+    let (name, labels) = match series.split_once('{') {
+        Some((name, labels)) => (name, labels.trim_end_matches('}')),
+        None => (series, ""),
+    };
+    let wanted: Vec<&str> = labels.split(',').filter(|l| !l.is_empty()).collect();
+    let mut found = None;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((head, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (line_name, line_labels) = match head.split_once('{') {
+            Some((n, l)) => (n, l),
+            None => (head, ""),
+        };
+        if line_name != name || !wanted.iter().all(|w| line_labels.contains(w)) {
+            continue;
+        }
+        if let Ok(v) = value.parse::<f64>() {
+            *found.get_or_insert(0.0) += v;
+        }
+    }
+    found
+}
+
+/// A `store.seed_file` of `n` users sharing one precomputed PHC hash
+/// (loading 100k users costs no hashing); returns the file and the ids in
+/// order.
+pub fn seed_file(n: usize) -> (tempfile::NamedTempFile, Vec<String>) {
+    use std::io::Write;
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let mut out = std::io::BufWriter::new(file.as_file());
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        let id = uuid::Uuid::now_v7().to_string();
+        writeln!(
+            out,
+            r#"{{"id":"{id}","email":"seed{i}@example.com","name":"Seeded user {i:06}","password_hash":"{HASH}"}}"#
+        )
+        .expect("write seed file");
+        ids.push(id);
+    }
+    out.flush().expect("flush seed file");
+    drop(out);
+    (file, ids)
+}
+
+/// A channel with small HTTP/2 windows: the server can get only `window`
+/// bytes ahead of what this client has read, as with a slow reader.
+pub async fn connect_small_window(addr: SocketAddr, window: u32) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .initial_stream_window_size(Some(window))
+        .initial_connection_window_size(Some(window))
+        .connect()
+        .await
+        .expect("connect")
+}

@@ -212,6 +212,30 @@ impl From<Status> for ClientError {
     }
 }
 
+/// Attempts of a call whose request never reached the server (see
+/// `UserClient::send`).
+const UNSENT_ATTEMPTS: u32 = 3;
+
+/// The server cannot have processed the request: hyper cancelled it
+/// before writing a byte (its connection was closing), or h2 refused or
+/// ended it because of the server's GOAWAY with NO_ERROR, which by HTTP/2
+/// (RFC 9113 §6.8) covers only streams the server did not process.
+pub fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(hyper) = err.downcast_ref::<hyper::Error>() {
+            if hyper.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(h2) = err.downcast_ref::<h2::Error>() {
+            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+        }
+        source = err.source();
+    }
+    false
+}
+
 /// An error and its causes on one line: tonic's transport error alone says
 /// only "transport error", the cause (refused, untrusted certificate...)
 /// is in its sources.
@@ -302,6 +326,26 @@ impl UserClient {
         request
     }
 
+    /// Runs `call`, and again (at once, at most [`UNSENT_ATTEMPTS`] times)
+    /// when the request never left this process: tonic hands a request to
+    /// a connection that is closing, after the server's GOAWAY (its
+    /// `grpc.max_connection_age`, a rolling restart), and hyper cancels it
+    /// unsent. The server never saw it, so sending it again is safe for
+    /// every call, creates included; grpc-go does the same transparently.
+    async fn send<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
+    where
+        F: FnMut(UserServiceClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Status>>,
+    {
+        let mut attempt = 1;
+        loop {
+            match call(self.inner.clone()).await {
+                Err(status) if attempt < UNSENT_ATTEMPTS && never_sent(&status) => attempt += 1,
+                result => return result,
+            }
+        }
+    }
+
     /// Retries `call` on UNAVAILABLE with exponential backoff. Only for
     /// idempotent calls: a retried create could run twice.
     async fn read_with_retry<T, F, Fut>(&self, mut call: F) -> Result<T, ClientError>
@@ -312,7 +356,7 @@ impl UserClient {
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 1;
         loop {
-            match call(self.inner.clone()).await {
+            match self.send(&mut call).await {
                 Err(status)
                     if status.code() == Code::Unavailable
                         && attempt < self.config.read_attempts =>
@@ -332,12 +376,18 @@ impl UserClient {
         name: &str,
         password: &str,
     ) -> Result<pb::User, ClientError> {
-        let request = self.request(CreateUserRequest {
+        let message = CreateUserRequest {
             email: email.into(),
             name: name.into(),
             password: password.into(),
-        });
-        Ok(self.inner.clone().create_user(request).await?.into_inner())
+        };
+        let user = self
+            .send(|mut client| {
+                let request = self.request(message.clone());
+                async move { client.create_user(request).await }
+            })
+            .await?;
+        Ok(user.into_inner())
     }
 
     pub async fn get_user(&self, user_id: &str) -> Result<pb::User, ClientError> {
@@ -351,15 +401,23 @@ impl UserClient {
     }
 
     pub async fn update_user(&self, request: UpdateUserRequest) -> Result<pb::User, ClientError> {
-        let request = self.request(request);
-        Ok(self.inner.clone().update_user(request).await?.into_inner())
+        let user = self
+            .send(|mut client| {
+                let request = self.request(request.clone());
+                async move { client.update_user(request).await }
+            })
+            .await?;
+        Ok(user.into_inner())
     }
 
     pub async fn delete_user(&self, user_id: &str) -> Result<(), ClientError> {
-        let request = self.request(DeleteUserRequest {
-            user_id: user_id.into(),
-        });
-        self.inner.clone().delete_user(request).await?;
+        self.send(|mut client| {
+            let request = self.request(DeleteUserRequest {
+                user_id: user_id.into(),
+            });
+            async move { client.delete_user(request).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -370,12 +428,17 @@ impl UserClient {
         page_token: &str,
         timeout: Duration,
     ) -> Result<impl Stream<Item = Result<pb::User, ClientError>>, ClientError> {
-        let mut request = self.authorized(ListUsersRequest {
-            page_size,
-            page_token: page_token.into(),
-        });
-        request.set_timeout(timeout);
-        let stream = self.inner.clone().list_users(request).await?.into_inner();
+        let stream = self
+            .send(|mut client| {
+                let mut request = self.authorized(ListUsersRequest {
+                    page_size,
+                    page_token: page_token.into(),
+                });
+                request.set_timeout(timeout);
+                async move { client.list_users(request).await }
+            })
+            .await?
+            .into_inner();
         Ok(stream.map(|item| item.map_err(ClientError::from)))
     }
 
@@ -386,11 +449,18 @@ impl UserClient {
         user_ids: Vec<String>,
         timeout: Option<Duration>,
     ) -> Result<impl Stream<Item = Result<pb::UserEvent, ClientError>>, ClientError> {
-        let mut request = self.authorized(WatchUsersRequest { user_ids });
-        if let Some(timeout) = timeout {
-            request.set_timeout(timeout);
-        }
-        let stream = self.inner.clone().watch_users(request).await?.into_inner();
+        let stream = self
+            .send(|mut client| {
+                let mut request = self.authorized(WatchUsersRequest {
+                    user_ids: user_ids.clone(),
+                });
+                if let Some(timeout) = timeout {
+                    request.set_timeout(timeout);
+                }
+                async move { client.watch_users(request).await }
+            })
+            .await?
+            .into_inner();
         Ok(stream.map(|item| item.map_err(ClientError::from)))
     }
 }
