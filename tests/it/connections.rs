@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use user_service::{
-    client::{never_sent, ClientConfig, UserClient},
+use user_service_client::{
+    never_sent,
     pb::{user_service_client::UserServiceClient, GetUserRequest, UpdateUserRequest},
+    ClientConfig, UserClient,
 };
 
 use crate::helpers::*;
