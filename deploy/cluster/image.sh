@@ -50,9 +50,11 @@ finish_image() {
   umoci repack --image "$WORK/$name/oci:latest" "$WORK/$name/bundle"
   umoci config --image "$WORK/$name/oci:latest" --tag "$tag" \
     --os linux --architecture amd64 "$@"
+  # Only the configured tag goes into the tar.
+  umoci rm --image "$WORK/$name/oci:latest"
   tar -C "$WORK/$name/oci" -cf "$WORK/$name/image.tar" .
   ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms \
-    --base-name "$base" --index-name "$ref" "$WORK/$name/image.tar" >/dev/null
+    --base-name "$base" "$WORK/$name/image.tar" >/dev/null
   ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qx "$ref" || die "$ref did not appear in containerd after the import"
   log "image $ref imported ($(du -b "$WORK/$name/image.tar" | awk '{printf "%.1f MB", $1/1e6}') tar)"
 }
