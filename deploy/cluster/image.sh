@@ -40,6 +40,7 @@ new_image() {
   chown 65532:65532 "$ROOTFS/home/nonroot"
   printf 'root:x:0:0:root:/root:/sbin/nologin\nnonroot:x:65532:65532:nonroot:/home/nonroot:/sbin/nologin\n' >"$ROOTFS/etc/passwd"
   printf 'root:x:0:\nnonroot:x:65532:\n' >"$ROOTFS/etc/group"
+  printf 'hosts: files dns\n' >"$ROOTFS/etc/nsswitch.conf"
 }
 
 # finish_image NAME REF [umoci config args...] : one layer, the config, then
@@ -59,16 +60,16 @@ finish_image() {
   log "image $ref imported ($(du -b "$WORK/$name/image.tar" | awk '{printf "%.1f MB", $1/1e6}') tar)"
 }
 
-# static_go NAME DIR-or-PACKAGE... : a static Go binary into the cache
+# static_go OUT [go build args...] PACKAGE : a static Go binary
 static_go() {
   local out=$1; shift
-  CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$out" "$@"
+  CGO_ENABLED=0 go build -trimpath -tags netgo -o "$out" "$@"
 }
 
 pause_image() {
   local bin="$K8S_CACHE/pause"
   if [ ! -x "$bin" ] || [ "$here/pause/main.go" -nt "$bin" ]; then
-    (cd "$here/pause" && static_go "$bin" .)
+    (cd "$here/pause" && static_go "$bin" -ldflags "-s -w" .)
   fi
   new_image pause
   install -m 0755 "$bin" "$ROOTFS/pause"
@@ -86,7 +87,8 @@ probe_image() {
       "$GRPC_HEALTH_PROBE_VERSION" >"$mod/go.mod"
     echo 'package tools' >"$mod/doc.go"
     (cd "$mod" && go get "github.com/grpc-ecosystem/grpc-health-probe@$GRPC_HEALTH_PROBE_VERSION" >/dev/null &&
-      static_go "$bin" github.com/grpc-ecosystem/grpc-health-probe)
+      static_go "$bin" -ldflags "-s -w -X main.versionTag=$GRPC_HEALTH_PROBE_VERSION" \
+        github.com/grpc-ecosystem/grpc-health-probe)
   fi
   new_image probe
   # The upstream image's layout (ko): the binary at /ko-app, uid 65532.
