@@ -66,7 +66,7 @@ done
   go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION" >/dev/null
   # Smallest first: a broken toolchain shows up in seconds, not minutes.
   for cmd in kube-proxy kubectl kubelet kube-scheduler kube-controller-manager kube-apiserver; do
-    if [ -x "$K8S_BIN/$cmd" ] && "$K8S_BIN/$cmd" --version 2>/dev/null | grep -q "$K8S_VERSION"; then
+    if [ -x "$K8S_BIN/$cmd" ] && "$K8S_BIN/$cmd" --version 2>/dev/null | grep "$K8S_VERSION" >/dev/null; then
       continue
     fi
     pkg="k8s.io/kubernetes/cmd/$cmd"
@@ -113,8 +113,8 @@ fi
 for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl coredns; do
   [ -x "$K8S_BIN/$b" ] || die "$b missing from $K8S_BIN after the build"
 done
-"$K8S_BIN/kube-apiserver" --version | grep -q "$K8S_VERSION" || die "kube-apiserver does not report $K8S_VERSION"
-"$K8S_BIN/etcd" --version | grep -q "${ETCD_VERSION#v}" || die "etcd does not report $ETCD_VERSION"
+"$K8S_BIN/kube-apiserver" --version | grep "$K8S_VERSION" >/dev/null || die "kube-apiserver does not report $K8S_VERSION"
+"$K8S_BIN/etcd" --version | grep "${ETCD_VERSION#v}" >/dev/null || die "etcd does not report $ETCD_VERSION"
 rm -f "$K8S_BIN"/.built-*
 touch "$stamp"
 log "Kubernetes $K8S_VERSION, etcd $ETCD_VERSION, CoreDNS $COREDNS_VERSION in $K8S_BIN ($(du -sh "$K8S_BIN" | cut -f1))"

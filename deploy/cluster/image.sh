@@ -56,7 +56,7 @@ finish_image() {
   tar -C "$WORK/$name/oci" -cf "$WORK/$name/image.tar" .
   ctr --address "$CONTAINERD_SOCK" -n k8s.io images import --all-platforms \
     --base-name "$base" "$WORK/$name/image.tar" >/dev/null
-  ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -qx "$ref" || die "$ref did not appear in containerd after the import"
+  ctr --address "$CONTAINERD_SOCK" -n k8s.io images ls -q | grep -x "$ref" >/dev/null || die "$ref did not appear in containerd after the import"
   log "image $ref imported ($(du -b "$WORK/$name/image.tar" | awk '{printf "%.1f MB", $1/1e6}') tar)"
 }
 

@@ -45,12 +45,20 @@ done
 # Another kubelet or runtime on this machine would share the same cgroups
 # and ports; refuse rather than fight over them.
 for port in "$APISERVER_PORT" "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$KUBELET_PORT" 10248 10249 10256 10257 10259; do
-  if ss -Hltn "sport = :$port" | grep -q .; then
+  if ss -Hltn "sport = :$port" | grep . >/dev/null; then
     die "port $port on this machine is in use; stop what listens there (or set USER_SERVICE_CLUSTER_*_PORT)"
   fi
 done
 [ -e /sys/fs/cgroup/memory/kubepods ] || [ -e /sys/fs/cgroup/kubepods ] &&
   die "a kubepods cgroup exists already: another kubelet runs (or ran) on this machine"
+
+# Every KUBE-* iptables chain from now on is this cluster's (stop.sh
+# removes them all), so none may exist before.
+for ipt in iptables ip6tables; do
+  if "$ipt-save" 2>/dev/null | grep '^:KUBE-' >/dev/null; then
+    die "$ipt has KUBE-* chains already: another Kubernetes runs (or ran) on this machine"
+  fi
+done
 
 # A fresh state for every start: data, certificates, logs.
 rm -rf "$S"
@@ -78,6 +86,7 @@ echo 1 >/proc/sys/net/bridge/bridge-nf-call-iptables
 ip link show "$BRIDGE" >/dev/null 2>&1 && die "a network interface $BRIDGE exists already"
 ip link add "$BRIDGE" type bridge
 echo "$BRIDGE" >"$S/bridge.created"
+touch "$S/iptables.ours"
 ip addr add "$BRIDGE_IP/${POD_CIDR#*/}" dev "$BRIDGE"
 ip link set "$BRIDGE" up
 

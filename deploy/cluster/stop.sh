@@ -40,7 +40,7 @@ fi
 # The runc shims of our containerd name its socket on their command line;
 # any still alive (containerd gone first, say) are ours to stop.
 for p in /proc/[0-9]*; do
-  cmd=$(tr '\0' ' ' <"$p/cmdline" 2>/dev/null) || continue
+  cmd=$(tr '\0' ' ' 2>/dev/null <"$p/cmdline") || continue
   case "$cmd" in
     *containerd-shim*"-address $CONTAINERD_SOCK "*) kill -KILL "${p#/proc/}" 2>/dev/null || true ;;
   esac
@@ -51,9 +51,28 @@ for d in coredns kube-proxy containerd kube-scheduler kube-controller-manager ku
   stop_recorded "$d" 15
 done
 
-# 4. kube-proxy's own chains (KUBE-*), removed by kube-proxy itself.
+# 4. iptables: kube-proxy removes its own chains; the kubelet's
+# (KUBE-FIREWALL, KUBE-KUBELET-CANARY, KUBE-IPTABLES-HINT) and anything
+# kube-proxy left go here. start.sh refuses to run while any KUBE-* chain
+# exists, so every KUBE-* chain now is this cluster's.
 if [ -x "$K8S_BIN/kube-proxy" ] && [ -e "$S/kube-proxy.yaml" ]; then
   "$K8S_BIN/kube-proxy" --cleanup >>"$LOGS/kube-proxy-cleanup.log" 2>&1 || log "kube-proxy --cleanup failed (see $LOGS/kube-proxy-cleanup.log)"
+fi
+if [ -e "$S/iptables.ours" ]; then
+  for ipt in iptables ip6tables; do
+    for table in filter nat mangle; do
+      rules=$("$ipt-save" -t "$table" 2>/dev/null) || continue
+      # Jumps from the built-in chains into ours, then our chains.
+      { grep -E '^-A (INPUT|OUTPUT|FORWARD|PREROUTING|POSTROUTING) .*-j KUBE-' <<<"$rules" || true; } | while read -r _ rule; do
+        # shellcheck disable=SC2086 # the rule's words, as iptables-save printed them
+        eval "$ipt -t $table -D $rule" 2>/dev/null || true
+      done
+      chains=$(sed -n 's/^:\(KUBE-[^ ]*\) .*/\1/p' <<<"$rules")
+      for c in $chains; do "$ipt" -t "$table" -F "$c" 2>/dev/null || true; done
+      for c in $chains; do "$ipt" -t "$table" -X "$c" 2>/dev/null || log "could not delete $ipt $table $c"; done
+    done
+  done
+  rm -f "$S/iptables.ours"
 fi
 
 # 5. Mounts under the state directory (overlay rootfs, shm, secrets,
