@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   cargo run --release     run the service (in-memory store, ports 50051/8080)
 #   make test               install test tools and run every test
-.PHONY: run test lint fmt build release bench bench-smoke bench-ghz clean-tools proto-release
+.PHONY: run test lint fmt build release bench bench-smoke bench-ghz clean-tools proto-release cluster-up cluster-down test-cluster
 
 run:
 	cargo run --release
@@ -43,3 +43,18 @@ proto-release:
 
 clean-tools:
 	rm -rf .tools
+
+# A single-node Kubernetes on this machine (root; deploy/cluster/README.md,
+# docs/cluster.md): built once into ${XDG_CACHE_HOME:-$$HOME/.cache}/user-service,
+# left running with the working tree's image as user-service:dev. The last
+# line printed is the export KUBECONFIG=... to use.
+cluster-up:
+	deploy/cluster/up.sh
+
+cluster-down:
+	deploy/cluster/stop.sh
+
+# The chart on that cluster (tests/cluster): cluster-up, the tests, and
+# cluster-down whatever happens. Part of make test.
+test-cluster:
+	scripts/test-cluster.sh

@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 GRPCURL_VERSION=v1.9.3
 GRPC_HEALTH_PROBE_VERSION=v0.4.61
 CARGO_DENY_VERSION=0.20.2
+# The cluster tests (tests/cluster, scripts/test-cluster.sh).
+PYTEST_VERSION=9.2.0
 TOOLS_BIN="$PWD/.tools/bin"
 
 log() { printf '==> %s\n' "$*"; }
@@ -71,6 +73,18 @@ if [ ! -x "$deny_root/bin/cargo-deny" ]; then
   cargo install --locked --version "$CARGO_DENY_VERSION" cargo-deny --root "$deny_root"
 fi
 ln -sf "$deny_root/bin/cargo-deny" "$TOOLS_BIN/cargo-deny"
+
+# The local cluster (scripts/test-cluster.sh): containerd, runc, CNI
+# plugins, umoci, iptables, conntrack from Debian. Kubernetes itself is
+# built (and cached) by deploy/cluster/build.sh when the cluster starts.
+deploy/cluster/install-deps.sh
+cluster_venv="$PWD/.tools/cluster-venv"
+if ! "$cluster_venv/bin/python" -c "import pytest, sys; sys.exit(pytest.__version__ != '$PYTEST_VERSION')" 2>/dev/null; then
+  log "python venv for the cluster tests (pytest $PYTEST_VERSION)"
+  rm -rf "$cluster_venv"
+  python3 -m venv "$cluster_venv"
+  "$cluster_venv/bin/pip" install -q --disable-pip-version-check "pytest==$PYTEST_VERSION"
+fi
 
 # make bench-smoke: h2load, ghz, the grpc-go peer, the Python venv.
 bench/install-deps.sh

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, as CI runs it: install tools, lint, unit and
 # integration tests against a throwaway PostgreSQL cluster, then the
-# deployment checks (Helm chart, alert rules, dashboards).
+# deployment checks (Helm chart, alert rules, dashboards), and last the
+# chart on a real single-node Kubernetes (scripts/test-cluster.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,5 +34,10 @@ make bench-smoke
 
 echo "==> deployment checks"
 scripts/test-deploy.sh
+
+echo "==> the chart on a local cluster (install, probes, helm test, upgrade under load, uninstall)"
+# Builds Kubernetes once into ${XDG_CACHE_HOME:-$HOME/.cache}/user-service
+# (~25 min cold on 2 cores), then starts, tests and stops the cluster.
+scripts/test-cluster.sh
 
 echo "==> all tests passed"

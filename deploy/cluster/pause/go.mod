@@ -1,0 +1,3 @@
+module user-service.local/pause
+
+go 1.21
