@@ -57,13 +57,7 @@ async fn create_user_assigns_id_status_roles_and_timestamps() {
     assert!(user.created_at.is_some());
     assert_eq!(user.created_at, user.updated_at);
 
-    let fetched = client
-        .get_user(GetUserRequest {
-            user_id: user.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = app.get_user(&user.id).await.unwrap();
     assert_eq!(fetched, user);
 }
 
@@ -184,11 +178,7 @@ async fn get_user_distinguishes_malformed_and_unknown_ids() {
 async fn update_user_follows_the_mask_and_bumps_updated_at() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let user = client
-        .create_user(create_request("upd"))
-        .await
-        .unwrap()
-        .into_inner();
+    let user = app.create_user("upd").await;
     tokio::time::sleep(Duration::from_millis(5)).await;
 
     // Only "status" is in the mask: the name in the request is ignored.
@@ -229,13 +219,7 @@ async fn update_user_follows_the_mask_and_bumps_updated_at() {
         "unset status is left alone"
     );
 
-    let fetched = client
-        .get_user(GetUserRequest {
-            user_id: user.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = app.get_user(&user.id).await.unwrap();
     assert_eq!(fetched, updated, "the update is stored");
 }
 
@@ -243,11 +227,7 @@ async fn update_user_follows_the_mask_and_bumps_updated_at() {
 async fn update_user_rejects_bad_masks_and_values() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let user = client
-        .create_user(create_request("updbad"))
-        .await
-        .unwrap()
-        .into_inner();
+    let user = app.create_user("updbad").await;
 
     let cases = [
         (
@@ -313,13 +293,7 @@ async fn update_user_rejects_bad_masks_and_values() {
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
-    let fetched = client
-        .get_user(GetUserRequest {
-            user_id: user.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = app.get_user(&user.id).await.unwrap();
     assert_eq!(fetched, user, "failed updates change nothing");
 }
 
@@ -327,11 +301,7 @@ async fn update_user_rejects_bad_masks_and_values() {
 async fn delete_user_removes_it_once() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let user = client
-        .create_user(create_request("del"))
-        .await
-        .unwrap()
-        .into_inner();
+    let user = app.create_user("del").await;
 
     client
         .delete_user(DeleteUserRequest {
@@ -516,11 +486,7 @@ async fn list_users_survives_a_client_that_goes_away() {
 async fn bulk_create_reports_failures_by_index_and_creates_the_rest() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let existing = client
-        .create_user(create_request("bulk-existing"))
-        .await
-        .unwrap()
-        .into_inner();
+    let existing = app.create_user("bulk-existing").await;
 
     let good_a = create_request("bulk-a");
     let good_b = create_request("bulk-b");
@@ -599,16 +565,8 @@ async fn bulk_create_stops_at_the_item_cap_and_says_so() {
 async fn user_updates_answers_each_request_as_it_arrives() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let a = client
-        .create_user(create_request("bidi-a"))
-        .await
-        .unwrap()
-        .into_inner();
-    let b = client
-        .create_user(create_request("bidi-b"))
-        .await
-        .unwrap()
-        .into_inner();
+    let a = app.create_user("bidi-a").await;
+    let b = app.create_user("bidi-b").await;
 
     let (tx, rx) = mpsc::channel(1);
     let mut answers = client
@@ -662,11 +620,7 @@ async fn user_updates_answers_each_request_as_it_arrives() {
 async fn user_updates_ends_at_the_first_failure_keeping_earlier_updates() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let a = client
-        .create_user(create_request("bidi-fail"))
-        .await
-        .unwrap()
-        .into_inner();
+    let a = app.create_user("bidi-fail").await;
 
     let requests = vec![
         UpdateUserRequest {
@@ -700,13 +654,7 @@ async fn user_updates_ends_at_the_first_failure_keeping_earlier_updates() {
     assert_eq!(bad_fields(&status), ["update_mask"]);
     assert!(answers.next().await.is_none());
 
-    let fetched = client
-        .get_user(GetUserRequest {
-            user_id: a.id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let fetched = app.get_user(&a.id).await.unwrap();
     assert_eq!(
         fetched.name, "Applied",
         "earlier updates stay, later ones never ran"
@@ -737,11 +685,7 @@ async fn user_updates_ends_at_the_first_failure_keeping_earlier_updates() {
 async fn watch_users_sees_changes_after_it_is_live_in_order() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let before = client
-        .create_user(create_request("before-watch"))
-        .await
-        .unwrap()
-        .into_inner();
+    let before = app.create_user("before-watch").await;
 
     // The call returns when the response headers arrive: the subscription is live.
     let mut events = client
@@ -750,11 +694,7 @@ async fn watch_users_sees_changes_after_it_is_live_in_order() {
         .unwrap()
         .into_inner();
 
-    let user = client
-        .create_user(create_request("watched"))
-        .await
-        .unwrap()
-        .into_inner();
+    let user = app.create_user("watched").await;
     client
         .update_user(UpdateUserRequest {
             user_id: user.id.clone(),
@@ -802,16 +742,8 @@ async fn watch_users_sees_changes_after_it_is_live_in_order() {
 async fn watch_users_filters_by_id_and_validates_ids() {
     let app = spawn_app().await;
     let mut client = app.client.clone();
-    let watched = client
-        .create_user(create_request("w1"))
-        .await
-        .unwrap()
-        .into_inner();
-    let other = client
-        .create_user(create_request("w2"))
-        .await
-        .unwrap()
-        .into_inner();
+    let watched = app.create_user("w1").await;
+    let other = app.create_user("w2").await;
 
     let mut events = client
         .watch_users(WatchUsersRequest {

@@ -118,6 +118,25 @@ pub async fn connect(addr: SocketAddr) -> Channel {
 }
 
 impl TestApp {
+    /// Creates the user [`create_request`]`(tag)` describes; panics on
+    /// failure (use `client.create_user` to test failures).
+    pub async fn create_user(&self, tag: &str) -> user_service::pb::User {
+        self.client
+            .clone()
+            .create_user(create_request(tag))
+            .await
+            .unwrap_or_else(|status| panic!("create {tag}: {status:?}"))
+            .into_inner()
+    }
+
+    /// Reads a user back.
+    pub async fn get_user(&self, id: &str) -> Result<user_service::pb::User, tonic::Status> {
+        let request = user_service::pb::GetUserRequest {
+            user_id: id.to_owned(),
+        };
+        Ok(self.client.clone().get_user(request).await?.into_inner())
+    }
+
     /// Waits until `/readyz` says ready (the first store check passed).
     pub async fn wait_ready(&self) {
         for _ in 0..100 {
