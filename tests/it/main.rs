@@ -12,6 +12,7 @@ mod connections;
 mod health;
 mod limits;
 mod observability;
+mod outage;
 mod overload;
 mod pg;
 mod postgres;
