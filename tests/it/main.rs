@@ -17,6 +17,7 @@ mod overload;
 mod pg;
 mod postgres;
 mod shutdown;
+mod slow_clients;
 mod store_contract;
 mod tls;
 mod tools;
