@@ -23,6 +23,9 @@ use crate::{
     tls::{self, ServerTls, TlsError, TlsHandle},
 };
 
+/// See `Server::bind_with_store`.
+const STORE_BOUND_SLACK: Duration = Duration::from_millis(500);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot listen on {what} {addr}: {source}")]
@@ -70,7 +73,13 @@ impl Server {
         // Every store is observed (spans, latency); the recorder must exist
         // before the first metric handle is taken.
         let _ = telemetry::metrics::install();
-        let store = InstrumentedStore::wrap(store);
+        // A healthy database hands out a connection within acquire_timeout
+        // and ends any statement at statement_timeout; a store operation
+        // slower than both (plus slack for the network and a transaction's
+        // few round trips) is talking to a database that hangs.
+        let bound =
+            settings.store.acquire_timeout + settings.store.statement_timeout + STORE_BOUND_SLACK;
+        let store = InstrumentedStore::wrap(store, bound);
         let auth = Auth::from_settings(&settings.auth).await?;
         // Before binding: unusable certificate files stop startup.
         let tls = ServerTls::load(&settings.tls).await?;

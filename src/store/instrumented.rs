@@ -1,7 +1,12 @@
 //! A [`UserStore`] decorator adding a latency sample to every operation
-//! and, inside a sampled call, a child span, whatever the backend. `Server` wraps every store in it.
+//! and, inside a sampled call, a child span, whatever the backend, and a
+//! bound on how long any operation may take. `Server` wraps every store in
+//! it.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use async_trait::async_trait;
 use metrics::Histogram;
@@ -75,10 +80,17 @@ pub struct InstrumentedStore {
     inner: Arc<dyn UserStore>,
     /// `[operation][outcome]`, registered up front.
     latency: Vec<Vec<Histogram>>,
+    /// An operation not finished by then is abandoned as `Unavailable`.
+    bound: Duration,
 }
 
 impl InstrumentedStore {
-    pub fn wrap(inner: Arc<dyn UserStore>) -> Arc<dyn UserStore> {
+    /// `bound`: the longest an operation may take. A database that hangs
+    /// (host frozen, network black hole) answers nothing, and its own
+    /// `statement_timeout` cannot fire, so without this a query in flight
+    /// would hold its call, and its pooled connection, until the call's
+    /// deadline. Dropping the future drops the connection with it.
+    pub fn wrap(inner: Arc<dyn UserStore>, bound: Duration) -> Arc<dyn UserStore> {
         // Handles registered before the recorder exists would be no-ops.
         let _ = crate::telemetry::metrics::install();
         let latency = OPS
@@ -96,7 +108,11 @@ impl InstrumentedStore {
                     .collect()
             })
             .collect();
-        Arc::new(Self { inner, latency })
+        Arc::new(Self {
+            inner,
+            latency,
+            bound,
+        })
     }
 
     /// Times `fut` and, inside a sampled call, records it as a child span
@@ -110,7 +126,14 @@ impl InstrumentedStore {
         let mut span = ChildSpan::start(op.span_name(), || {
             vec![KeyValue::new("store.operation", op.name())]
         });
-        let result = fut.await;
+        let result = match tokio::time::timeout(self.bound, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "{} got no answer within {:?}",
+                op.name(),
+                self.bound
+            ))),
+        };
         let outcome = outcome(&result);
         if matches!(
             result,
@@ -238,7 +261,10 @@ mod tests {
 
     #[tokio::test]
     async fn records_latency_by_outcome_and_pool_gauges() {
-        let store = InstrumentedStore::wrap(Arc::new(Pooled(MemoryStore::new(16))));
+        let store = InstrumentedStore::wrap(
+            Arc::new(Pooled(MemoryStore::new(16))),
+            Duration::from_secs(5),
+        );
         store.list_after(None, 10).await.unwrap();
         record_pool_stats(store.as_ref());
         let text = crate::telemetry::metrics::install().unwrap().render();

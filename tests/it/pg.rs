@@ -168,3 +168,152 @@ pub async fn wait_until_ready(store: &Arc<dyn UserStore>) {
         }
     }
 }
+
+/// A PostgreSQL cluster of the test's own (initdb + pg_ctl in a temporary
+/// directory, on a free loopback port), so the test can stop, start,
+/// freeze and thaw it; the shared test cluster is never touched. Stopped
+/// and deleted when dropped.
+pub struct OwnCluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    pub port: u16,
+}
+
+/// initdb refuses to run as root: run the cluster's tools as `postgres`
+/// then.
+fn pg_command(bin: &std::path::Path, tool: &str) -> std::process::Command {
+    let path = bin.join(tool);
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false);
+    if root {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(path);
+        c
+    } else {
+        std::process::Command::new(path)
+    }
+}
+
+fn run(mut command: std::process::Command, what: &str) {
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl OwnCluster {
+    pub fn start_new() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .filter_map(|e| Some(e.ok()?.path().join("bin")))
+            .filter(|p| p.join("initdb").exists())
+            .max()
+            .expect("an initdb under /usr/lib/postgresql/*/bin");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let _ = std::process::Command::new("chown")
+            .args(["-R", "postgres"])
+            .arg(dir.path())
+            .status();
+        let port = crate::helpers::free_addr().port();
+        let cluster = Self { dir, bin, port };
+        let mut initdb = pg_command(&cluster.bin, "initdb");
+        initdb
+            .args(["-A", "trust", "-U", "app", "--no-sync", "-D"])
+            .arg(cluster.data());
+        run(initdb, "initdb");
+        cluster.start();
+        cluster
+    }
+
+    fn data(&self) -> std::path::PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn url(&self) -> String {
+        format!("postgres://app@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// Starts the postmaster and waits until it accepts connections.
+    pub fn start(&self) {
+        let mut pg_ctl = pg_command(&self.bin, "pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+                self.port,
+                self.dir.path().display()
+            ))
+            .args(["-w", "-t", "30", "start"]);
+        run(pg_ctl, "pg_ctl start");
+    }
+
+    /// Stops it (fast: sessions are ended, as in a crash or failover).
+    pub fn stop(&self) {
+        let mut pg_ctl = pg_command(&self.bin, "pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "fast", "-w", "-t", "30", "stop"]);
+        run(pg_ctl, "pg_ctl stop");
+    }
+
+    /// The postmaster and every backend: what a hung database host looks
+    /// like (connections open, nothing answers).
+    fn processes(&self) -> Vec<String> {
+        let pid_file =
+            std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap_or_default();
+        let postmaster = pid_file
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .trim()
+            .to_owned();
+        if postmaster.is_empty() {
+            return Vec::new();
+        }
+        let children = std::process::Command::new("pgrep")
+            .args(["-P", &postmaster])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        std::iter::once(postmaster)
+            .chain(children.split_whitespace().map(str::to_owned))
+            .collect()
+    }
+
+    /// SIGSTOP (`-STOP`) or SIGCONT (`-CONT`) to the postmaster and its
+    /// backends.
+    pub fn signal_all(&self, signal: &str) {
+        assert!(!self.processes().is_empty(), "the cluster is running");
+        let mut kill = std::process::Command::new("kill");
+        kill.arg(signal).args(self.processes());
+        run(kill, "kill");
+    }
+}
+
+impl Drop for OwnCluster {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg("-CONT")
+            .args(self.processes())
+            .status();
+        let mut pg_ctl = pg_command(&self.bin, "pg_ctl");
+        pg_ctl
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let _ = pg_ctl.status();
+    }
+}
