@@ -288,6 +288,11 @@ impl EventKind {
 /// One change, as published to `WatchUsers` subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserEvent {
+    /// The change's position in the store's change feed: assigned by the
+    /// store when the change commits, strictly increasing in commit order
+    /// (PostgreSQL may skip numbers, the memory store does not), never 0.
+    /// A subscriber that remembers the last one it saw can resume after it.
+    pub revision: u64,
     pub kind: EventKind,
     /// The user after the change (as it was, for a deletion).
     pub user: User,

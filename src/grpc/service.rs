@@ -254,11 +254,14 @@ impl UserServiceApi for UserGrpc {
         request: Request<pb::WatchUsersRequest>,
     ) -> Result<Response<Self::WatchUsersStream>, Status> {
         let deadline = deadline(request.extensions());
+        let req = request.get_ref();
         // Subscribed before we return: once the client has the response
-        // headers, every later change reaches it.
+        // headers, every later change reaches it (and, with since_revision,
+        // every change after that revision).
         let events = self
             .users
-            .watch(&request.get_ref().user_ids)
+            .watch(&req.user_ids, req.since_revision)
+            .await
             .map_err(to_status)?
             .map(|item| item.map(convert::event).map_err(to_status));
         // Endless, so it ends when draining begins, not at the abort.

@@ -22,15 +22,17 @@ enum Op {
     Update,
     Delete,
     ListAfter,
+    ChangesAfter,
     Check,
 }
 
-const OPS: [Op; 6] = [
+const OPS: [Op; 7] = [
     Op::Create,
     Op::Get,
     Op::Update,
     Op::Delete,
     Op::ListAfter,
+    Op::ChangesAfter,
     Op::Check,
 ];
 
@@ -42,6 +44,7 @@ impl Op {
             Op::Update => "UserStore/update",
             Op::Delete => "UserStore/delete",
             Op::ListAfter => "UserStore/list_after",
+            Op::ChangesAfter => "UserStore/changes_after",
             Op::Check => "UserStore/check",
         }
     }
@@ -53,6 +56,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::ListAfter => "list_after",
+            Op::ChangesAfter => "changes_after",
             Op::Check => "check",
         }
     }
@@ -66,6 +70,8 @@ fn outcome<T>(result: &Result<T, StoreError>) -> usize {
         Err(StoreError::NotFound(_)) => 1,
         Err(StoreError::EmailTaken) => 2,
         Err(StoreError::Unavailable(_)) => 3,
+        // A client asking for too old a revision, like a missing id.
+        Err(StoreError::RevisionOutOfRange { .. }) => 1,
         Err(StoreError::Internal(_)) => 4,
     }
 }
@@ -167,6 +173,11 @@ impl UserStore for InstrumentedStore {
         self.inner.subscribe()
     }
 
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<UserEvent>, StoreError> {
+        self.observe(Op::ChangesAfter, self.inner.changes_after(after, limit))
+            .await
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         self.observe(Op::Check, self.inner.check()).await
     }
@@ -223,6 +234,13 @@ mod tests {
         }
         fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
             self.0.subscribe()
+        }
+        async fn changes_after(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<UserEvent>, StoreError> {
+            self.0.changes_after(after, limit).await
         }
         async fn check(&self) -> Result<(), StoreError> {
             self.0.check().await

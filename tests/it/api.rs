@@ -816,6 +816,7 @@ async fn watch_users_filters_by_id_and_validates_ids() {
     let mut events = client
         .watch_users(WatchUsersRequest {
             user_ids: vec![watched.id.clone()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -852,6 +853,7 @@ async fn watch_users_filters_by_id_and_validates_ids() {
     let status = client
         .watch_users(WatchUsersRequest {
             user_ids: vec![watched.id.clone(), "bad".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
