@@ -827,6 +827,10 @@ fn revision_u64(revision: i64) -> u64 {
     u64::try_from(revision).unwrap_or(0)
 }
 
+/// One row of [`read_changes`]: the table's (oldest, latest) revisions,
+/// then one change (NULL when there is none after the position).
+type ChangeRow = (Option<i64>, Option<i64>, Option<i64>, Option<String>);
+
 /// `UserStore::changes_after` on one connection. One statement, so the
 /// bounds and the rows come from the same snapshot: if nothing after
 /// `after` had been pruned in it, every row after `after` is in the answer.
@@ -837,7 +841,7 @@ async fn read_changes(
 ) -> Result<Vec<UserEvent>, StoreError> {
     let after_i64 = i64::try_from(after).unwrap_or(i64::MAX);
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-    let rows: Vec<(Option<i64>, Option<i64>, Option<i64>, Option<String>)> = sqlx::query_as(
+    let rows: Vec<ChangeRow> = sqlx::query_as(
         "SELECT b.oldest, b.latest, c.revision, c.payload::text \
          FROM (SELECT min(revision) AS oldest, max(revision) AS latest FROM user_changes) b \
          LEFT JOIN LATERAL ( \
