@@ -471,15 +471,16 @@ async fn listen(
             Ok::<_, sqlx::Error>(listener)
         }
         .await;
+        let from = last;
         match subscribed {
             // LISTEN is in place before the catch-up reads the table, so a
             // change commits either before that read (and is read) or after
             // LISTEN (and is notified): none falls between.
-            Ok(mut listener) => match catch_up(&requests, last, &events).await {
+            Ok(mut listener) => match catch_up(&requests, &mut last, &events).await {
                 Ok(caught_up) => {
                     backoff.reset();
                     state.listening.store(true, Ordering::SeqCst);
-                    match last {
+                    match from {
                         Some(before) => tracing::info!(
                             from = before,
                             to = caught_up,
@@ -510,41 +511,44 @@ async fn listen(
 }
 
 /// Brings the local feed up to date after LISTEN: forwards the changes
-/// committed after `last` and returns the last revision forwarded. The
-/// first time (no `last`) there is nothing to fill: the feed starts at the
-/// latest revision.
-async fn catch_up(pool: &PgPool, last: Option<u64>, events: &Feed) -> Result<u64, StoreError> {
+/// committed after `last`, advancing it as it goes (so a catch-up that
+/// fails half-way is resumed, not repeated), and returns the revision it
+/// reached. The first time (no `last`) there is nothing to fill: the feed
+/// starts at the latest revision.
+async fn catch_up(pool: &PgPool, last: &mut Option<u64>, events: &Feed) -> Result<u64, StoreError> {
     let mut conn = pool
         .acquire()
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot get a connection: {e}")))?;
-    let Some(mut last) = last else {
+    let Some(position) = last else {
         let (_, latest) = revision_bounds(&mut conn).await?;
         // Receivers subscribed before the first connection (the replica was
         // not ready) have no defined starting point: end them.
         events.restart();
+        *last = Some(latest);
         return Ok(latest);
     };
     loop {
-        match read_changes(&mut conn, last, CATCH_UP_BATCH).await {
+        match read_changes(&mut conn, *position, CATCH_UP_BATCH).await {
             Ok(batch) => {
                 let complete = batch.len() < CATCH_UP_BATCH;
                 for event in batch {
-                    last = event.revision;
+                    *position = event.revision;
                     events.send(event);
                 }
                 if complete {
-                    return Ok(last);
+                    return Ok(*position);
                 }
             }
             Err(StoreError::RevisionOutOfRange { oldest, latest, .. }) => {
                 tracing::error!(
-                    last,
+                    last = *position,
                     oldest,
                     latest,
                     "event listener was away longer than store.change_retention; ending open watchers so they resume by revision"
                 );
                 events.restart();
+                *position = latest;
                 return Ok(latest);
             }
             Err(err) => return Err(err),
