@@ -303,6 +303,14 @@ impl Feed {
                 continue;
             }
             match self.live.recv().await {
+                // No revision: a change made through an older server during
+                // a rolling upgrade (see `store::postgres`). Delivered live,
+                // outside the revision order.
+                Ok(event) if event.revision == 0 => {
+                    if self.wanted(&event) {
+                        return Some(Ok(event));
+                    }
+                }
                 Ok(event) if event.revision <= self.cursor => {}
                 Ok(event) => {
                     self.cursor = event.revision;

@@ -576,6 +576,10 @@ async fn forward(listener: &mut PgListener, events: &Feed, last: &mut u64) -> St
         match received {
             Ok(Some(notification)) if notification.channel() == CHANNEL => {
                 match decode_event(notification.payload()) {
+                    // From a replica of a version before the change feed
+                    // (a rolling upgrade): no row, no revision. Live
+                    // watchers still get it; nobody can resume from it.
+                    Ok(event) if event.revision == 0 => events.send(event),
                     Ok(event) if event.revision <= *last => {}
                     Ok(event) => {
                         *last = event.revision;
@@ -1072,6 +1076,17 @@ mod tests {
         assert_eq!(event.user, user);
         assert_eq!(event.occurred_at, at);
         assert!(!json.contains("argon2"), "no password hash in events");
+    }
+
+    #[test]
+    fn notifications_carry_the_revision_and_old_ones_decode_without() {
+        let user = user("rev@example.com", "Rev");
+        let json = encode_event(EventKind::Created, &user, now()).unwrap();
+        assert!(!json.contains("revision"), "the stored JSON has none");
+        assert_eq!(decode_event(&json).unwrap().revision, 0);
+        // What the database sends: the stored JSON with the revision added.
+        let notified = format!("{{\"revision\": 42, {}", &json[1..]);
+        assert_eq!(decode_event(&notified).unwrap().revision, 42);
     }
 
     #[test]
