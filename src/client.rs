@@ -400,8 +400,9 @@ impl UserClient {
     /// after a backoff, so nothing is missed or repeated. Other errors
     /// (OUT_OF_RANGE: the server no longer has the changes we missed) and
     /// `read_attempts` consecutive failed reconnects end the stream with
-    /// the error. Until the first event arrives there is no revision to
-    /// resume from: a reconnect then is live-only.
+    /// the error. Before the first event it resumes from the revision the
+    /// server said the watch started after (the `watch-revision` header;
+    /// except on a store that has never changed, whose 0 means live-only).
     pub fn follow_users(
         &self,
         user_ids: Vec<String>,
@@ -451,7 +452,17 @@ impl UserClient {
                         since_revision: st.since,
                     });
                     match st.client.inner.clone().watch_users(request).await {
-                        Ok(response) => st.current = Some(response.into_inner()),
+                        Ok(response) => {
+                            if st.since == 0 {
+                                st.since = response
+                                    .metadata()
+                                    .get(crate::grpc::WATCH_REVISION_HEADER)
+                                    .and_then(|v| v.to_str().ok())
+                                    .and_then(|v| v.parse().ok())
+                                    .unwrap_or(0);
+                            }
+                            st.current = Some(response.into_inner());
+                        }
                         Err(status) => {
                             let err = ClientError::from(status);
                             st.failures += 1;

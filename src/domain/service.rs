@@ -213,12 +213,22 @@ impl UserService {
     /// once and in revision order. The subscription is live when this
     /// returns, and a revision the store no longer retains is refused here
     /// (`OutOfRange`), before any event.
+    ///
+    /// Also returns the revision the feed starts after (`since_revision`,
+    /// or for a live-only watch the store's published revision, read
+    /// before subscribing): resuming from it loses nothing even if the
+    /// client goes away before its first event.
     pub async fn watch(
         &self,
         user_ids: &[String],
         since_revision: u64,
-    ) -> Result<impl Stream<Item = Result<UserEvent, DomainError>> + Send + 'static, DomainError>
-    {
+    ) -> Result<
+        (
+            u64,
+            impl Stream<Item = Result<UserEvent, DomainError>> + Send + 'static,
+        ),
+        DomainError,
+    > {
         let mut errors = ValidationError::default();
         let ids: HashSet<UserId> = user_ids
             .iter()
@@ -231,6 +241,11 @@ impl UserService {
         // read is then in the receiver, whatever committed before it is in
         // the backlog, and the overlap is skipped by revision. (The other
         // order would leave a window in which a change is in neither.)
+        let start = if since_revision == 0 {
+            self.store.published_revision()
+        } else {
+            since_revision
+        };
         let live = self.store.subscribe();
         let batch = self.limits.list_batch.max(1);
         let (backlog, replaying) = if since_revision == 0 {
@@ -250,10 +265,11 @@ impl UserService {
             ids,
             done: false,
         };
-        Ok(stream::unfold(feed, |mut feed| async move {
+        let events = stream::unfold(feed, |mut feed| async move {
             let item = feed.next().await?;
             Some((item, feed))
-        }))
+        });
+        Ok((start, events))
     }
 }
 
@@ -412,7 +428,7 @@ mod tests {
                 bulk_max_items: 10,
             },
         );
-        let mut events = Box::pin(service.watch(&[], 0).await.unwrap());
+        let mut events = Box::pin(service.watch(&[], 0).await.unwrap().1);
         for i in 0..5 {
             service
                 .create(

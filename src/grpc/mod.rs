@@ -10,4 +10,4 @@ mod status;
 mod streams;
 
 pub use codes::code_name;
-pub use service::UserGrpc;
+pub use service::{UserGrpc, WATCH_REVISION_HEADER};

@@ -16,6 +16,11 @@ use crate::{
     pb::{self, user_service_server::UserService as UserServiceApi},
 };
 
+/// The WatchUsers response header naming the revision the stream starts
+/// after (see the proto): where a client that has received no event yet
+/// resumes from.
+pub const WATCH_REVISION_HEADER: &str = "watch-revision";
+
 /// The gRPC face of [`UserService`].
 #[derive(Clone)]
 pub struct UserGrpc {
@@ -258,17 +263,17 @@ impl UserServiceApi for UserGrpc {
         // Subscribed before we return: once the client has the response
         // headers, every later change reaches it (and, with since_revision,
         // every change after that revision).
-        let events = self
+        let (start, events) = self
             .users
             .watch(&req.user_ids, req.since_revision)
             .await
-            .map_err(to_status)?
-            .map(|item| item.map(convert::event).map_err(to_status));
+            .map_err(to_status)?;
+        let events = events.map(|item| item.map(convert::event).map_err(to_status));
         // Endless, so it ends when draining begins, not at the abort.
-        Ok(Response::new(bounded(
-            events,
-            deadline,
-            self.draining.clone(),
-        )))
+        let mut response = Response::new(bounded(events, deadline, self.draining.clone()));
+        response
+            .metadata_mut()
+            .insert(WATCH_REVISION_HEADER, start.into());
+        Ok(response)
     }
 }

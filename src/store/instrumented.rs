@@ -173,6 +173,10 @@ impl UserStore for InstrumentedStore {
         self.inner.subscribe()
     }
 
+    fn published_revision(&self) -> u64 {
+        self.inner.published_revision()
+    }
+
     async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<UserEvent>, StoreError> {
         self.observe(Op::ChangesAfter, self.inner.changes_after(after, limit))
             .await
@@ -234,6 +238,9 @@ mod tests {
         }
         fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
             self.0.subscribe()
+        }
+        fn published_revision(&self) -> u64 {
+            self.0.published_revision()
         }
         async fn changes_after(
             &self,

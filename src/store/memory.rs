@@ -201,6 +201,10 @@ impl UserStore for MemoryStore {
         self.events.subscribe()
     }
 
+    fn published_revision(&self) -> u64 {
+        self.read().revision
+    }
+
     async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<UserEvent>, StoreError> {
         let inner = self.read();
         let oldest = inner

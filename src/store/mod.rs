@@ -118,6 +118,11 @@ pub trait UserStore: Send + Sync + 'static {
     /// PostgreSQL listener was away for longer than the retention window);
     /// the subscriber then resumes with `changes_after`.
     fn subscribe(&self) -> broadcast::Receiver<UserEvent>;
+    /// The revision of the last change published to subscribers so far (0
+    /// if none, or not known yet). Read *before* `subscribe`, it is a safe
+    /// point to resume from: every change the new receiver is owed has a
+    /// higher revision.
+    fn published_revision(&self) -> u64;
     /// At most `limit` changes with a revision greater than `after`, in
     /// revision order. `RevisionOutOfRange` when any change after `after`
     /// is no longer retained, or `after` is beyond the latest revision.

@@ -47,7 +47,7 @@
 use std::{
     str::FromStr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -135,6 +135,8 @@ struct State {
 struct Feed {
     sender: std::sync::RwLock<broadcast::Sender<UserEvent>>,
     capacity: usize,
+    /// The last revision sent (`UserStore::published_revision`).
+    position: AtomicU64,
 }
 
 impl Feed {
@@ -142,6 +144,7 @@ impl Feed {
         Self {
             sender: std::sync::RwLock::new(broadcast::channel(capacity).0),
             capacity,
+            position: AtomicU64::new(0),
         }
     }
 
@@ -159,14 +162,21 @@ impl Feed {
     }
 
     fn send(&self, event: UserEvent) {
+        // Before sending: a reader of the position who subscribes next has
+        // not missed this one.
+        if event.revision > 0 {
+            self.position.store(event.revision, Ordering::SeqCst);
+        }
         // No subscriber is not an error.
         let _ = self.sender().send(event);
     }
 
-    /// Ends every current receiver; later subscribers get a fresh channel.
-    fn restart(&self) {
+    /// Ends every current receiver; later subscribers get a fresh channel,
+    /// fed from after `position`.
+    fn restart(&self, position: u64) {
         let fresh = broadcast::channel(self.capacity).0;
         *self.sender.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.position.store(position, Ordering::SeqCst);
     }
 }
 
@@ -524,7 +534,7 @@ async fn catch_up(pool: &PgPool, last: &mut Option<u64>, events: &Feed) -> Resul
         let (_, latest) = revision_bounds(&mut conn).await?;
         // Receivers subscribed before the first connection (the replica was
         // not ready) have no defined starting point: end them.
-        events.restart();
+        events.restart(latest);
         *last = Some(latest);
         return Ok(latest);
     };
@@ -547,7 +557,7 @@ async fn catch_up(pool: &PgPool, last: &mut Option<u64>, events: &Feed) -> Resul
                     latest,
                     "event listener was away longer than store.change_retention; ending open watchers so they resume by revision"
                 );
-                events.restart();
+                events.restart(latest);
                 *position = latest;
                 return Ok(latest);
             }
@@ -1011,6 +1021,10 @@ impl UserStore for PostgresStore {
 
     fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
         self.events.subscribe()
+    }
+
+    fn published_revision(&self) -> u64 {
+        self.events.position.load(Ordering::SeqCst)
     }
 
     async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<UserEvent>, StoreError> {

@@ -909,6 +909,21 @@ async fn watch_users_resumes_after_a_revision_and_refuses_unknown_ones() {
     }
     assert!(revisions[0] > 0 && revisions.windows(2).all(|w| w[0] < w[1]));
 
+    // A live-only watch says where it starts: after the latest change.
+    let response = client
+        .watch_users(WatchUsersRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        response
+            .metadata()
+            .get("watch-revision")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        revisions[2].to_string()
+    );
+
     // Resuming after the first replays the other two, in order.
     let mut resumed = client
         .watch_users(WatchUsersRequest {

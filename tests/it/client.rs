@@ -138,10 +138,12 @@ async fn userctl_drives_every_unary_call_and_list() {
     );
 }
 
-/// `follow_users` resumes by itself from the last revision it yielded: a
-/// watcher that falls behind (a one-event buffer and a burst of writes
-/// while it cannot run) is ended by the server with RESOURCE_EXHAUSTED,
-/// and the stream goes on with every change exactly once, in order.
+/// `follow_users` resumes by itself: a watcher that falls behind (a
+/// one-event buffer and a burst of writes while it cannot run) is ended by
+/// the server with RESOURCE_EXHAUSTED, and the stream goes on with every
+/// change exactly once, in order, whether it had received an event yet
+/// (it resumes from the `watch-revision` header) or not (from the last
+/// event's revision).
 #[tokio::test]
 async fn follow_users_resumes_from_the_last_revision() {
     use user_service::{
@@ -158,47 +160,45 @@ async fn follow_users_resumes_from_the_last_revision() {
     })
     .await
     .unwrap();
-    let mut events = Box::pin(client.follow_users(vec![], 0));
-
-    let first = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            // After the watch is live (the first poll below subscribes).
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            store
-                .create(NewUser {
-                    id: UserId::generate(),
-                    email: Email::parse(&email("follow")).unwrap(),
-                    name: UserName::parse("Follow").unwrap(),
-                    password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
-                    status: UserStatus::Active,
-                    roles: vec![],
-                    created_at: now(),
-                })
-                .await
-                .unwrap()
+    let user = store
+        .create(NewUser {
+            id: UserId::generate(),
+            email: Email::parse(&email("follow")).unwrap(),
+            name: UserName::parse("Follow").unwrap(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            status: UserStatus::Active,
+            roles: vec![],
+            created_at: now(),
         })
-    };
-    let created = tokio::time::timeout(Duration::from_secs(5), events.next())
         .await
-        .expect("the first event")
-        .unwrap()
         .unwrap();
-    let user = first.await.unwrap();
-    assert_eq!(created.user.unwrap().id, user.id.to_string());
-
     // A burst the server cannot forward as it happens: this test's runtime
     // has one thread and the loop never yields, so the watcher lags.
-    let burst = 50;
-    for i in 0..burst {
-        let patch = UserPatch {
-            name: Some(UserName::parse(&format!("Burst {i}")).unwrap()),
-            status: None,
-        };
-        store.update(user.id, patch, now()).await.unwrap();
-    }
+    let burst = |count: usize| {
+        let store = store.clone();
+        async move {
+            for i in 0..count {
+                let patch = UserPatch {
+                    name: Some(UserName::parse(&format!("Burst {i}")).unwrap()),
+                    status: None,
+                };
+                store.update(user.id, patch, now()).await.unwrap();
+            }
+        }
+    };
+    let mut events = Box::pin(client.follow_users(vec![], 0));
     let mut revisions = Vec::new();
-    for _ in 0..burst {
+
+    // Before the first event: the burst starts once the watch is live
+    // (the first poll below subscribes).
+    let early = tokio::spawn({
+        let burst = burst(20);
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            burst.await
+        }
+    });
+    for _ in 0..20 {
         let event = tokio::time::timeout(Duration::from_secs(5), events.next())
             .await
             .expect("an event")
@@ -206,7 +206,20 @@ async fn follow_users_resumes_from_the_last_revision() {
             .unwrap();
         revisions.push(event.revision);
     }
-    let expected: Vec<u64> = (created.revision + 1..=created.revision + burst).collect();
+    early.await.unwrap();
+
+    // After some events.
+    burst(50).await;
+    for _ in 0..50 {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        revisions.push(event.revision);
+    }
+    // The create was revision 1, before the watch.
+    let expected: Vec<u64> = (2..=71).collect();
     assert_eq!(revisions, expected);
     assert!(
         tokio::time::timeout(Duration::from_millis(300), events.next())

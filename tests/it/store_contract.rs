@@ -486,7 +486,9 @@ async fn a_resumed_watch_sees_every_change_once_across_the_switch_over(store: Ar
     // changes are replayed and the rest arrive live.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let service = service_on(&store, 3);
-    let mut watched = Box::pin(service.watch(&[], start).await.unwrap());
+    let (from, watched) = service.watch(&[], start).await.unwrap();
+    assert_eq!(from, start);
+    let mut watched = Box::pin(watched);
     writer.await.unwrap();
 
     let mut expected = Vec::new();
