@@ -138,6 +138,15 @@ async fn userctl_drives_every_unary_call_and_list() {
     );
 }
 
+#[tokio::test]
+async fn userctl_watch_since_a_revision_the_server_does_not_have_fails_clearly() {
+    let app = spawn_app().await;
+    let addr = format!("http://{}", app.grpc_addr);
+    let (ok, _, err) = userctl(&addr, &["watch", "--since", "999"], None).await;
+    assert!(!ok, "a watch that cannot resume ends instead of waiting");
+    assert!(err.contains("newer than the latest revision 0"), "{err}");
+}
+
 /// `follow_users` resumes by itself: a watcher that falls behind (a
 /// one-event buffer and a burst of writes while it cannot run) is ended by
 /// the server with RESOURCE_EXHAUSTED, and the stream goes on with every
