@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio::{io::AsyncWriteExt, process::Command};
 use user_service::client::{ClientConfig, ClientError, UserClient};
 
-use crate::helpers::{email, spawn_app};
+use crate::helpers::{email, spawn_app, spawn_app_on, test_settings};
 
 #[tokio::test]
 async fn the_client_library_maps_errors_to_typed_variants() {
@@ -162,7 +162,7 @@ async fn follow_users_resumes_from_the_last_revision() {
 
     let store: std::sync::Arc<dyn UserStore> =
         std::sync::Arc::new(MemoryStore::with_retention(1, 1000));
-    let app = crate::helpers::spawn_app_on(crate::helpers::test_settings(), store.clone()).await;
+    let app = spawn_app_on(test_settings(), store.clone()).await;
     let client = UserClient::connect(ClientConfig {
         endpoint: format!("http://{}", app.grpc_addr),
         ..ClientConfig::default()
