@@ -139,6 +139,12 @@ pub struct StoreSettings {
     /// Events a slow `WatchUsers` subscriber may fall behind before it is
     /// dropped with RESOURCE_EXHAUSTED.
     pub watch_buffer: usize,
+    /// How many of the newest changes the store keeps so that a
+    /// `WatchUsers` client can resume with `since_revision` (a count of
+    /// revisions, not a duration: it bounds the memory store's ring and the
+    /// PostgreSQL `user_changes` table alike, whatever the write rate). A
+    /// client further behind gets OUT_OF_RANGE and must re-read the users.
+    pub change_retention: usize,
     /// Memory store: users to load at startup (JSON Lines with password
     /// hashes, see `store/seed.rs`), for demos and load tests.
     pub seed_file: Option<PathBuf>,
@@ -155,6 +161,7 @@ impl Default for StoreSettings {
             connect_timeout: Duration::from_secs(3),
             statement_timeout: Duration::from_secs(5),
             watch_buffer: 1024,
+            change_retention: 10_000,
             seed_file: None,
         }
     }
@@ -537,6 +544,7 @@ impl Settings {
                 self.limits.password_hash_queue,
             ),
             ("store.watch_buffer", self.store.watch_buffer),
+            ("store.change_retention", self.store.change_retention),
             ("store.max_connections", self.store.max_connections as usize),
             (
                 "grpc.max_concurrent_streams",

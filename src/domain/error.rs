@@ -92,6 +92,11 @@ pub enum DomainError {
     /// Too much work is queued (e.g. password hashing); the client may retry later.
     #[error("{0}")]
     Overloaded(String),
+    /// A requested position is outside what the store can serve (a
+    /// `WatchUsers` revision older than the retention window, or newer
+    /// than the latest); the message says what is available.
+    #[error("{0}")]
+    OutOfRange(String),
     /// A bug or an unexpected store failure. The detail is logged, never sent.
     #[error("internal error")]
     Internal(String),
@@ -103,6 +108,7 @@ impl From<StoreError> for DomainError {
             StoreError::NotFound(id) => DomainError::NotFound(id.to_string()),
             StoreError::EmailTaken => DomainError::AlreadyExists,
             StoreError::Unavailable(detail) => DomainError::Unavailable(detail),
+            err @ StoreError::RevisionOutOfRange { .. } => DomainError::OutOfRange(err.to_string()),
             StoreError::Internal(detail) => DomainError::Internal(detail),
         }
     }

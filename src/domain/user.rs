@@ -288,6 +288,13 @@ impl EventKind {
 /// One change, as published to `WatchUsers` subscribers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserEvent {
+    /// The change's position in the store's change feed: assigned by the
+    /// store when the change commits, strictly increasing in commit order
+    /// (PostgreSQL may skip numbers, the memory store does not). A
+    /// subscriber that remembers the last one it saw can resume after it.
+    /// 0 only for a change a PostgreSQL replica of an older version made
+    /// during a rolling upgrade: delivered live, never replayed.
+    pub revision: u64,
     pub kind: EventKind,
     /// The user after the change (as it was, for a deletion).
     pub user: User,

@@ -63,5 +63,6 @@ pub fn event(event: domain::UserEvent) -> pb::UserEvent {
         r#type: kind as i32,
         user: Some(user(event.user)),
         occurred_at: Some(timestamp(event.occurred_at)),
+        revision: event.revision,
     }
 }

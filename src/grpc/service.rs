@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     domain::{Actor, CreateUser, DomainError, UserService},
-    pb::{self, user_service_server::UserService as UserServiceApi},
+    pb::{self, user_service_server::UserService as UserServiceApi, WATCH_REVISION_HEADER},
 };
 
 /// The gRPC face of [`UserService`].
@@ -216,18 +216,21 @@ impl UserServiceApi for UserGrpc {
         request: Request<pb::WatchUsersRequest>,
     ) -> Result<Response<Self::WatchUsersStream>, Status> {
         let deadline = deadline(request.extensions());
+        let req = request.get_ref();
         // Subscribed before we return: once the client has the response
-        // headers, every later change reaches it.
-        let events = self
+        // headers, every later change reaches it (and, with since_revision,
+        // every change after that revision).
+        let (start, events) = self
             .users
-            .watch(&request.get_ref().user_ids)
-            .map_err(to_status)?
-            .map(|item| item.map(convert::event).map_err(to_status));
+            .watch(&req.user_ids, req.since_revision)
+            .await
+            .map_err(to_status)?;
+        let events = events.map(|item| item.map(convert::event).map_err(to_status));
         // Endless, so it ends when draining begins, not at the abort.
-        Ok(Response::new(bounded(
-            events,
-            deadline,
-            self.draining.clone(),
-        )))
+        let mut response = Response::new(bounded(events, deadline, self.draining.clone()));
+        response
+            .metadata_mut()
+            .insert(WATCH_REVISION_HEADER, start.into());
+        Ok(response)
     }
 }

@@ -21,6 +21,7 @@ pub fn to_status(err: DomainError) -> Status {
             Status::unavailable("the user store is unavailable; retry with backoff")
         }
         DomainError::Overloaded(message) => Status::resource_exhausted(message),
+        DomainError::OutOfRange(message) => Status::out_of_range(message),
         DomainError::Internal(detail) => {
             tracing::error!(error = %detail, "internal error");
             Status::internal("internal error")

@@ -27,15 +27,17 @@ enum Op {
     Update,
     Delete,
     ListAfter,
+    ChangesAfter,
     Check,
 }
 
-const OPS: [Op; 6] = [
+const OPS: [Op; 7] = [
     Op::Create,
     Op::Get,
     Op::Update,
     Op::Delete,
     Op::ListAfter,
+    Op::ChangesAfter,
     Op::Check,
 ];
 
@@ -47,6 +49,7 @@ impl Op {
             Op::Update => "UserStore/update",
             Op::Delete => "UserStore/delete",
             Op::ListAfter => "UserStore/list_after",
+            Op::ChangesAfter => "UserStore/changes_after",
             Op::Check => "UserStore/check",
         }
     }
@@ -58,6 +61,7 @@ impl Op {
             Op::Update => "update",
             Op::Delete => "delete",
             Op::ListAfter => "list_after",
+            Op::ChangesAfter => "changes_after",
             Op::Check => "check",
         }
     }
@@ -71,6 +75,8 @@ fn outcome<T>(result: &Result<T, StoreError>) -> usize {
         Err(StoreError::NotFound(_)) => 1,
         Err(StoreError::EmailTaken) => 2,
         Err(StoreError::Unavailable(_)) => 3,
+        // A client asking for too old a revision, like a missing id.
+        Err(StoreError::RevisionOutOfRange { .. }) => 1,
         Err(StoreError::Internal(_)) => 4,
     }
 }
@@ -190,6 +196,15 @@ impl UserStore for InstrumentedStore {
         self.inner.subscribe()
     }
 
+    fn published_revision(&self) -> u64 {
+        self.inner.published_revision()
+    }
+
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<UserEvent>, StoreError> {
+        self.observe(Op::ChangesAfter, self.inner.changes_after(after, limit))
+            .await
+    }
+
     async fn check(&self) -> Result<(), StoreError> {
         self.observe(Op::Check, self.inner.check()).await
     }
@@ -246,6 +261,16 @@ mod tests {
         }
         fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
             self.0.subscribe()
+        }
+        fn published_revision(&self) -> u64 {
+            self.0.published_revision()
+        }
+        async fn changes_after(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<UserEvent>, StoreError> {
+            self.0.changes_after(after, limit).await
         }
         async fn check(&self) -> Result<(), StoreError> {
             self.0.check().await

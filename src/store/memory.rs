@@ -2,7 +2,7 @@
 //! Each replica has its own users, so use it for development and tests only.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, VecDeque},
     ops::Bound,
     sync::{RwLock, RwLockReadGuard, RwLockWriteGuard},
 };
@@ -11,12 +11,14 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
-use super::{StoreError, UserStore};
+use super::{check_revision, StoreError, UserStore};
 use crate::domain::{EventKind, NewUser, User, UserEvent, UserId, UserPatch};
 
 pub struct MemoryStore {
     inner: RwLock<Inner>,
     events: broadcast::Sender<UserEvent>,
+    /// How many changes `changes` keeps (`store.change_retention`).
+    retention: usize,
 }
 
 #[derive(Default)]
@@ -25,6 +27,12 @@ struct Inner {
     /// Lower-cased email -> id. Kept under the same lock as `users`, so the
     /// uniqueness check and the insert are one atomic step.
     emails: HashMap<String, UserId>,
+    /// The newest changes, oldest first, with consecutive revisions (one
+    /// lock orders every write, so there are no gaps): a ring bounded by
+    /// `retention`, from which resuming watchers replay.
+    changes: VecDeque<UserEvent>,
+    /// The revision of the last change (0 before the first).
+    revision: u64,
 }
 
 impl Inner {
@@ -55,14 +63,24 @@ struct Stored {
     password_hash: String,
 }
 
+/// `store.change_retention`'s default, for stores built in code.
+const DEFAULT_RETENTION: usize = 10_000;
+
 impl MemoryStore {
     /// `watch_buffer` is how many events a slow subscriber may fall behind
-    /// before it is told it lagged.
+    /// before it is told it lagged; the default number of changes is kept
+    /// for resuming watchers.
     pub fn new(watch_buffer: usize) -> Self {
+        Self::with_retention(watch_buffer, DEFAULT_RETENTION)
+    }
+
+    /// Like [`MemoryStore::new`], keeping the newest `retention` changes.
+    pub fn with_retention(watch_buffer: usize, retention: usize) -> Self {
         let (events, _) = broadcast::channel(watch_buffer.max(1));
         Self {
             inner: RwLock::new(Inner::default()),
             events,
+            retention: retention.max(1),
         }
     }
 
@@ -87,15 +105,30 @@ impl MemoryStore {
         inner.insert(new).map(|_| ())
     }
 
-    /// Publishes while the write lock is still held, so subscribers see
-    /// changes in the order they were applied.
-    fn publish(&self, kind: EventKind, user: &User, occurred_at: OffsetDateTime) {
-        // No subscriber is not an error.
-        let _ = self.events.send(UserEvent {
+    /// Numbers the change, keeps it in the ring and publishes it, all under
+    /// the write lock the caller holds: revisions follow the order in which
+    /// changes were applied, and a change is in the ring before any
+    /// subscriber can see it (what makes replay-then-live gap-free).
+    fn publish(
+        &self,
+        inner: &mut Inner,
+        kind: EventKind,
+        user: &User,
+        occurred_at: OffsetDateTime,
+    ) {
+        inner.revision += 1;
+        let event = UserEvent {
+            revision: inner.revision,
             kind,
             user: user.clone(),
             occurred_at,
-        });
+        };
+        if inner.changes.len() >= self.retention {
+            inner.changes.pop_front();
+        }
+        inner.changes.push_back(event.clone());
+        // No subscriber is not an error.
+        let _ = self.events.send(event);
     }
 }
 
@@ -104,7 +137,7 @@ impl UserStore for MemoryStore {
     async fn create(&self, new: NewUser) -> Result<User, StoreError> {
         let mut inner = self.write();
         let user = inner.insert(new)?;
-        self.publish(EventKind::Created, &user, user.created_at);
+        self.publish(&mut inner, EventKind::Created, &user, user.created_at);
         Ok(user)
     }
 
@@ -132,7 +165,7 @@ impl UserStore for MemoryStore {
         }
         stored.user.updated_at = at;
         let user = stored.user.clone();
-        self.publish(EventKind::Updated, &user, at);
+        self.publish(&mut inner, EventKind::Updated, &user, at);
         Ok(user)
     }
 
@@ -140,7 +173,12 @@ impl UserStore for MemoryStore {
         let mut inner = self.write();
         let stored = inner.users.remove(&id).ok_or(StoreError::NotFound(id))?;
         inner.emails.remove(&stored.user.email.key());
-        self.publish(EventKind::Deleted, &stored.user, crate::domain::now());
+        self.publish(
+            &mut inner,
+            EventKind::Deleted,
+            &stored.user,
+            crate::domain::now(),
+        );
         Ok(stored.user)
     }
 
@@ -161,6 +199,28 @@ impl UserStore for MemoryStore {
 
     fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
         self.events.subscribe()
+    }
+
+    fn published_revision(&self) -> u64 {
+        self.read().revision
+    }
+
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<UserEvent>, StoreError> {
+        let inner = self.read();
+        let oldest = inner
+            .changes
+            .front()
+            .map_or(inner.revision + 1, |e| e.revision);
+        check_revision(after, oldest, inner.revision)?;
+        // Revisions in the ring are consecutive, so the position is arithmetic.
+        let skip = usize::try_from(after + 1 - oldest).unwrap_or(usize::MAX);
+        Ok(inner
+            .changes
+            .iter()
+            .skip(skip)
+            .take(limit)
+            .cloned()
+            .collect())
     }
 
     async fn check(&self) -> Result<(), StoreError> {

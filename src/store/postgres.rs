@@ -16,23 +16,38 @@
 //!   NOT_SERVING until then; a call that reaches the replica anyway (a
 //!   headless Service, a client that ignores health) finds no table and
 //!   is answered UNAVAILABLE, not INTERNAL (see [`retryable_sqlstate`]).
-//! - **Events.** Each write and its `pg_notify('user_events', …)` commit in
-//!   one transaction, so an event exists if and only if the change does.
-//!   One listener connection per replica forwards notifications, which
-//!   PostgreSQL delivers in commit order, to the local broadcast channel;
-//!   writes never publish locally, so a replica's own changes are not
-//!   delivered twice. If the listener's connection drops, it reconnects with
-//!   backoff and readiness is NOT_SERVING meanwhile; notifications sent
-//!   while it was disconnected are lost (NOTIFY is not durable), which is
-//!   logged. A heartbeat NOTIFY every few seconds to a channel of the
-//!   replica's own detects connections that died silently.
+//! - **Change feed.** Each write inserts a row into `user_changes` (the
+//!   outbox: a `revision` from an identity column plus the event as JSON)
+//!   and queues `pg_notify('user_events', …)` carrying the same event and
+//!   its revision, in the write's own transaction, so a change is recorded
+//!   if and only if it happens. Writers take a transaction-level advisory
+//!   lock ([`FEED_LOCK`]) just before drawing the revision, so revisions
+//!   become visible in increasing order (see [`record_change`]); readers
+//!   can then trust "everything up to the highest revision I saw".
+//! - **Listener.** One connection per replica LISTENs and forwards
+//!   notifications, which PostgreSQL delivers in commit order, to the local
+//!   broadcast channel; writes never publish locally, so a replica's own
+//!   changes are not delivered twice. It remembers the last revision it
+//!   forwarded; after (re)connecting and LISTENing again it first reads
+//!   `user_changes` after that revision, so changes committed while it was
+//!   away reach open watchers too, in order, then skips notifications it
+//!   has already forwarded. Only if the gap is older than the retention
+//!   window (or at the very first connection, when there is no "last") does
+//!   it replace the broadcast channel, which ends the open watchers with
+//!   UNAVAILABLE so they resume with `since_revision`. Readiness is
+//!   NOT_SERVING while it is away. A heartbeat NOTIFY every few seconds to
+//!   a channel of the replica's own detects connections that died silently.
+//! - **Retention.** Writes whose revision is a multiple of
+//!   [`prune_interval`] delete the rows older than `store.change_retention`
+//!   revisions, after their commit: a short index range delete, amortised
+//!   over many writes, with no extra task and outside the serialised part.
 //! - **Lifetime.** The background tasks stop when the store is dropped,
 //!   i.e. when the server that owns it has shut down.
 
 use std::{
     str::FromStr,
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
     time::Duration,
@@ -51,7 +66,7 @@ use time::OffsetDateTime;
 use tokio::{sync::broadcast, task::JoinHandle};
 use uuid::Uuid;
 
-use super::{PoolStats, StoreError, UserStore};
+use super::{check_revision, PoolStats, StoreError, UserStore};
 use crate::{
     config::StoreSettings,
     domain::{
@@ -67,16 +82,35 @@ const CHANNEL: &str = "user_events";
 /// The unique index behind case-insensitive email uniqueness (see the
 /// migration); its violation is [`StoreError::EmailTaken`].
 const EMAIL_UNIQUE_INDEX: &str = "users_email_key_unique";
-/// PostgreSQL rejects NOTIFY payloads of 8000 bytes or more.
+/// PostgreSQL rejects NOTIFY payloads of 8000 bytes or more. Events are
+/// checked against a lower bound before they are written, because the
+/// notification is the stored JSON as `jsonb` prints it (a space after
+/// every `:` and `,`) plus the revision.
 const NOTIFY_PAYLOAD_MAX: usize = 7999;
+const EVENT_JSON_MAX: usize = NOTIFY_PAYLOAD_MAX / 2;
+
+/// The key of the transaction-level advisory lock that serialises the
+/// drawing and committing of revisions (see [`record_change`]). Any fixed
+/// number works; this one spells "userfeed" in ASCII, far from the keys
+/// sqlx's migrator derives from the database name.
+const FEED_LOCK: i64 = 0x7573_6572_6665_6564;
+
+/// Changes read per round trip while the listener catches up.
+const CATCH_UP_BATCH: usize = 256;
 
 const APPLICATION_NAME: &str = "user-service";
+/// The listener's connection has a name of its own, so operators (and the
+/// tests) can tell it from the request pool in `pg_stat_activity`.
+pub const LISTENER_APPLICATION_NAME: &str = "user-service-listener";
 
 pub struct PostgresStore {
     pool: PgPool,
-    events: broadcast::Sender<UserEvent>,
+    events: Arc<Feed>,
     state: Arc<State>,
     max_connections: u32,
+    /// `store.change_retention`, and how often (in revisions) to prune.
+    retention: i64,
+    prune_every: i64,
     // Aborted on drop: the tasks own no store handle, so they cannot keep
     // the store alive, and they die with it.
     _schema_task: AbortOnDrop,
@@ -92,6 +126,65 @@ struct State {
     /// The listener is subscribed to [`CHANNEL`]: a change committed now
     /// will reach local watchers.
     listening: AtomicBool,
+}
+
+/// The local broadcast channel of changes, replaceable: replacing it ends
+/// every receiver of the old one (`RecvError::Closed` once they have read
+/// what was sent before), which is how the listener tells watchers that it
+/// cannot give them a gap-free feed and they must resume by revision.
+struct Feed {
+    sender: std::sync::RwLock<broadcast::Sender<UserEvent>>,
+    capacity: usize,
+    /// The last revision sent (`UserStore::published_revision`).
+    position: AtomicU64,
+}
+
+impl Feed {
+    fn new(capacity: usize) -> Self {
+        Self {
+            sender: std::sync::RwLock::new(broadcast::channel(capacity).0),
+            capacity,
+            position: AtomicU64::new(0),
+        }
+    }
+
+    // Poisoning is ignored: the guarded value is a channel handle that no
+    // panic can leave half-updated.
+    fn sender(&self) -> broadcast::Sender<UserEvent> {
+        self.sender
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
+        self.sender().subscribe()
+    }
+
+    fn send(&self, event: UserEvent) {
+        // Before sending: a reader of the position who subscribes next has
+        // not missed this one.
+        if event.revision > 0 {
+            self.position.store(event.revision, Ordering::SeqCst);
+        }
+        // No subscriber is not an error.
+        let _ = self.sender().send(event);
+    }
+
+    /// Ends every current receiver; later subscribers get a fresh channel,
+    /// fed from after `position`.
+    fn restart(&self, position: u64) {
+        let fresh = broadcast::channel(self.capacity).0;
+        *self.sender.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        self.position.store(position, Ordering::SeqCst);
+    }
+}
+
+/// Prune every this many revisions: often enough that the table stays
+/// within about twice the retention, rarely enough that each prune is one
+/// cheap range delete.
+fn prune_interval(retention: i64) -> i64 {
+    retention.clamp(1, 100)
 }
 
 struct AbortOnDrop(JoinHandle<()>);
@@ -121,7 +214,7 @@ impl PostgresStore {
             // connection instead of failing on a dead one.
             .test_before_acquire(true)
             .connect_lazy_with(session.clone());
-        let (events, _) = broadcast::channel(settings.watch_buffer.max(1));
+        let events = Arc::new(Feed::new(settings.watch_buffer.max(1)));
         let state = Arc::new(State::default());
         let heartbeat = Heartbeat::new();
         let schema_task = tokio::spawn(prepare_schema(
@@ -130,22 +223,45 @@ impl PostgresStore {
             Arc::clone(&state),
         ));
         let listener_task = tokio::spawn(listen(
-            session,
+            session.application_name(LISTENER_APPLICATION_NAME),
             settings.connect_timeout,
             heartbeat.channel.clone(),
-            events.clone(),
+            pool.clone(),
+            Arc::clone(&events),
             Arc::clone(&state),
         ));
+        let retention = i64::try_from(settings.change_retention.max(1)).unwrap_or(i64::MAX);
         let heartbeat_task = tokio::spawn(heartbeat.run(pool.clone()));
         Ok(Self {
             pool,
             events,
             state,
             max_connections: settings.max_connections,
+            retention,
+            prune_every: prune_interval(retention),
             _schema_task: AbortOnDrop(schema_task),
             _listener_task: AbortOnDrop(listener_task),
             _heartbeat_task: AbortOnDrop(heartbeat_task),
         })
+    }
+
+    /// After the write of `revision` committed: on every
+    /// [`prune_interval`]-th revision, deletes the changes older than the
+    /// retention window. Exactly one writer draws each revision, so replicas
+    /// share the work without coordinating; gaps only delay a prune to the
+    /// next multiple. A failure is logged and does not fail the write, which
+    /// has committed: the next prune deletes what this one left.
+    async fn prune(&self, conn: &mut PgConnection, revision: i64) {
+        if revision % self.prune_every != 0 || revision <= self.retention {
+            return;
+        }
+        if let Err(err) = sqlx::query("DELETE FROM user_changes WHERE revision <= $1")
+            .bind(revision - self.retention)
+            .execute(&mut *conn)
+            .await
+        {
+            tracing::warn!(error = %err, revision, "pruning old changes failed; the next prune retries");
+        }
     }
 
     /// A pooled connection. Any failure to get one means the database is
@@ -330,16 +446,21 @@ impl Heartbeat {
 }
 
 /// Background: forwards NOTIFY payloads to local subscribers, reconnecting
-/// for as long as the store lives.
+/// for as long as the store lives, and filling from `user_changes` what it
+/// missed while it was away.
 async fn listen(
     session: PgConnectOptions,
     connect_timeout: Duration,
     heartbeat_channel: String,
-    events: broadcast::Sender<UserEvent>,
+    // The request pool: the catch-up reads the table through it, as the
+    // listener's own pool has its one connection taken by the listener.
+    requests: PgPool,
+    events: Arc<Feed>,
     state: Arc<State>,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
-    let mut connected_before = false;
+    // The last revision forwarded; None until the first connection.
+    let mut last: Option<u64> = None;
     loop {
         // A fresh one-connection pool per attempt (PgListener needs a
         // pool): it keeps the listener off the request pool, and a dead
@@ -360,20 +481,37 @@ async fn listen(
             Ok::<_, sqlx::Error>(listener)
         }
         .await;
+        let from = last;
         match subscribed {
-            Ok(mut listener) => {
-                backoff.reset();
-                state.listening.store(true, Ordering::SeqCst);
-                if connected_before {
-                    tracing::warn!("event listener reconnected; changes committed while it was disconnected were not delivered to watchers");
-                } else {
-                    tracing::info!(channel = CHANNEL, "listening for user events");
+            // LISTEN is in place before the catch-up reads the table, so a
+            // change commits either before that read (and is read) or after
+            // LISTEN (and is notified): none falls between.
+            Ok(mut listener) => match catch_up(&requests, &mut last, &events).await {
+                Ok(caught_up) => {
+                    backoff.reset();
+                    state.listening.store(true, Ordering::SeqCst);
+                    match from {
+                        Some(before) => tracing::info!(
+                            from = before,
+                            to = caught_up,
+                            "event listener reconnected and caught up"
+                        ),
+                        None => tracing::info!(
+                            channel = CHANNEL,
+                            revision = caught_up,
+                            "listening for user events"
+                        ),
+                    }
+                    let mut position = caught_up;
+                    let why = forward(&mut listener, &events, &mut position).await;
+                    last = Some(position);
+                    state.listening.store(false, Ordering::SeqCst);
+                    tracing::warn!(error = %why, revision = position, "event listener lost its connection; reconnecting");
                 }
-                connected_before = true;
-                let why = forward(&mut listener, &events).await;
-                state.listening.store(false, Ordering::SeqCst);
-                tracing::warn!(error = %why, "event listener lost its connection; reconnecting");
-            }
+                Err(err) => {
+                    tracing::warn!(error = %err, "event listener cannot catch up; reconnecting");
+                }
+            },
             Err(err) => {
                 tracing::debug!(error = %err, "event listener cannot connect");
             }
@@ -382,8 +520,56 @@ async fn listen(
     }
 }
 
+/// Brings the local feed up to date after LISTEN: forwards the changes
+/// committed after `last`, advancing it as it goes (so a catch-up that
+/// fails half-way is resumed, not repeated), and returns the revision it
+/// reached. The first time (no `last`) there is nothing to fill: the feed
+/// starts at the latest revision.
+async fn catch_up(pool: &PgPool, last: &mut Option<u64>, events: &Feed) -> Result<u64, StoreError> {
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("cannot get a connection: {e}")))?;
+    let Some(position) = last else {
+        let (_, latest) = revision_bounds(&mut conn).await?;
+        // Receivers subscribed before the first connection (the replica was
+        // not ready) have no defined starting point: end them.
+        events.restart(latest);
+        *last = Some(latest);
+        return Ok(latest);
+    };
+    loop {
+        match read_changes(&mut conn, *position, CATCH_UP_BATCH).await {
+            Ok(batch) => {
+                let complete = batch.len() < CATCH_UP_BATCH;
+                for event in batch {
+                    *position = event.revision;
+                    events.send(event);
+                }
+                if complete {
+                    return Ok(*position);
+                }
+            }
+            Err(StoreError::RevisionOutOfRange { oldest, latest, .. }) => {
+                tracing::error!(
+                    last = *position,
+                    oldest,
+                    latest,
+                    "event listener was away longer than store.change_retention; ending open watchers so they resume by revision"
+                );
+                events.restart(latest);
+                *position = latest;
+                return Ok(latest);
+            }
+            Err(err) => return Err(err),
+        }
+    }
+}
+
 /// Forwards notifications until the listener fails; returns why.
-async fn forward(listener: &mut PgListener, events: &broadcast::Sender<UserEvent>) -> String {
+/// `last` is the last revision forwarded: notifications at or below it were
+/// already read from the table while catching up and are skipped.
+async fn forward(listener: &mut PgListener, events: &Feed, last: &mut u64) -> String {
     loop {
         // On timeout the receive is abandoned mid-way; that is fine because
         // the listener is then discarded, never read from again.
@@ -400,20 +586,23 @@ async fn forward(listener: &mut PgListener, events: &broadcast::Sender<UserEvent
         match received {
             Ok(Some(notification)) if notification.channel() == CHANNEL => {
                 match decode_event(notification.payload()) {
-                    // No subscriber is not an error.
+                    // From a replica of a version before the change feed
+                    // (a rolling upgrade): no row, no revision. Live
+                    // watchers still get it; nobody can resume from it.
+                    Ok(event) if event.revision == 0 => events.send(event),
+                    Ok(event) if event.revision <= *last => {}
                     Ok(event) => {
-                        let _ = events.send(event);
+                        *last = event.revision;
+                        events.send(event);
                     }
                     Err(err) => tracing::error!(error = %err, "undecodable user event skipped"),
                 }
             }
             // The heartbeat: proof of life, nothing to forward.
             Ok(Some(_)) => {}
-            // The connection dropped and sqlx has already re-established it
-            // and re-subscribed: only the gap is lost.
-            Ok(None) => tracing::warn!(
-                "event listener reconnected; changes committed while it was disconnected were not delivered to watchers"
-            ),
+            // The connection dropped. sqlx would re-subscribe by itself on
+            // the next call, but without catching up: start over instead.
+            Ok(None) => return "the connection was closed".to_owned(),
             Err(err) => return err.to_string(),
         }
     }
@@ -514,11 +703,15 @@ fn user_from_row(row: &PgRow) -> Result<User, StoreError> {
     })
 }
 
-/// The NOTIFY payload: the event with the user as the API shows it (never
-/// the password hash). Timestamps are integer microseconds since the epoch,
-/// the precision both stores keep, so they round-trip exactly.
+/// The event as `user_changes.payload` stores it and NOTIFY carries it:
+/// the user as the API shows it (never the password hash). Timestamps are
+/// integer microseconds since the epoch, the precision both stores keep, so
+/// they round-trip exactly. The stored JSON has no `revision` (the row's
+/// column is the truth); the notification adds it.
 #[derive(Debug, Serialize, Deserialize)]
 struct EventPayload {
+    #[serde(default, skip_serializing)]
+    revision: u64,
     kind: String,
     occurred_at_us: i64,
     id: String,
@@ -532,6 +725,7 @@ struct EventPayload {
 
 fn encode_event(kind: EventKind, user: &User, at: OffsetDateTime) -> Result<String, StoreError> {
     let payload = EventPayload {
+        revision: 0,
         kind: kind.as_str().to_owned(),
         occurred_at_us: to_micros(at)?,
         id: user.id.to_string(),
@@ -546,7 +740,7 @@ fn encode_event(kind: EventKind, user: &User, at: OffsetDateTime) -> Result<Stri
         .map_err(|e| StoreError::Internal(format!("encode user event: {e}")))?;
     // Refused here rather than by pg_notify, with a clearer message; a
     // validated user is far below it (see the unit test).
-    if json.len() > NOTIFY_PAYLOAD_MAX {
+    if json.len() > EVENT_JSON_MAX {
         return Err(StoreError::Internal(format!(
             "user event of {} bytes exceeds the NOTIFY limit",
             json.len()
@@ -562,6 +756,7 @@ fn decode_event(json: &str) -> Result<UserEvent, String> {
         UserStatus::from_stored(&p.status).ok_or_else(|| format!("status {:?}", p.status))?;
     let id = Uuid::try_parse(&p.id).map_err(|e| format!("id: {e}"))?;
     Ok(UserEvent {
+        revision: p.revision,
         kind,
         occurred_at: from_micros(p.occurred_at_us)?,
         user: User {
@@ -585,16 +780,113 @@ fn from_micros(us: i64) -> Result<OffsetDateTime, String> {
     OffsetDateTime::from_unix_timestamp_nanos(i128::from(us) * 1000).map_err(|e| e.to_string())
 }
 
-/// Queues the event; PostgreSQL sends it when (and only if) the
-/// surrounding transaction commits.
-async fn notify(conn: &mut PgConnection, payload: &str) -> Result<(), StoreError> {
-    sqlx::query("SELECT pg_notify($1, $2)")
-        .bind(CHANNEL)
-        .bind(payload)
-        .execute(conn)
+/// Records the change in `user_changes` and queues its notification, inside
+/// the caller's transaction, as its last statements before the commit;
+/// returns the revision. PostgreSQL sends the notification when (and only
+/// if) the transaction commits.
+///
+/// Why the advisory lock: identity values are drawn when the row is
+/// inserted, not when the transaction commits, so without it two writers
+/// could draw 7 and 8 and commit 8 first. A reader that saw 8 and then
+/// asked for "after 8" would miss 7 for ever, and the listener, which
+/// skips notifications at or below its last revision, would drop it.
+/// `pg_advisory_xact_lock` is taken *before* the revision is drawn and
+/// held until the commit has become visible (PostgreSQL releases
+/// transaction locks after that), so the next writer draws a higher
+/// revision only after this one is visible: revisions become visible in
+/// increasing order and notifications (sent in commit order) arrive in
+/// revision order. Gaps remain possible (a transaction that fails after
+/// drawing), never reordering. The price is that writers serialise on
+/// this short tail — lock, one insert, commit — not on their row changes,
+/// which happen before it; a writer holding the lock waits for nothing but
+/// its commit, so there is no deadlock. The lock wait counts against
+/// `statement_timeout` like any other.
+async fn record_change(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    payload: &str,
+) -> Result<i64, StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(FEED_LOCK)
+        .execute(&mut *conn)
         .await
-        .map_err(|e| classify("notify", e))?;
-    Ok(())
+        .map_err(|e| classify("lock the change feed", e))?;
+    sqlx::query_scalar(
+        "WITH change AS ( \
+             INSERT INTO user_changes (user_id, payload) VALUES ($1, $2::jsonb) \
+             RETURNING revision, payload) \
+         SELECT revision, \
+                pg_notify($3, (payload || jsonb_build_object('revision', revision))::text)::text \
+         FROM change",
+    )
+    .bind(user_id.as_uuid())
+    .bind(payload)
+    .bind(CHANNEL)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| classify("record change", e))
+}
+
+/// The revisions `user_changes` holds: (oldest, latest), with
+/// `oldest = latest + 1` when it holds none (latest 0 if nothing was ever
+/// written).
+async fn revision_bounds(conn: &mut PgConnection) -> Result<(u64, u64), StoreError> {
+    let (oldest, latest): (Option<i64>, Option<i64>) =
+        sqlx::query_as("SELECT min(revision), max(revision) FROM user_changes")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| classify("read revision bounds", e))?;
+    let latest = latest.map_or(0, revision_u64);
+    Ok((oldest.map_or(latest + 1, revision_u64), latest))
+}
+
+/// Identity values start at 1, so a negative one is impossible.
+fn revision_u64(revision: i64) -> u64 {
+    u64::try_from(revision).unwrap_or(0)
+}
+
+/// One row of [`read_changes`]: the table's (oldest, latest) revisions,
+/// then one change (NULL when there is none after the position).
+type ChangeRow = (Option<i64>, Option<i64>, Option<i64>, Option<String>);
+
+/// `UserStore::changes_after` on one connection. One statement, so the
+/// bounds and the rows come from the same snapshot: if nothing after
+/// `after` had been pruned in it, every row after `after` is in the answer.
+async fn read_changes(
+    conn: &mut PgConnection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<UserEvent>, StoreError> {
+    let after_i64 = i64::try_from(after).unwrap_or(i64::MAX);
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows: Vec<ChangeRow> = sqlx::query_as(
+        "SELECT b.oldest, b.latest, c.revision, c.payload::text \
+         FROM (SELECT min(revision) AS oldest, max(revision) AS latest FROM user_changes) b \
+         LEFT JOIN LATERAL ( \
+             SELECT revision, payload FROM user_changes \
+             WHERE revision > $1 ORDER BY revision LIMIT $2) c ON true \
+         ORDER BY c.revision",
+    )
+    .bind(after_i64)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| classify("read changes", e))?;
+    let Some((oldest, latest, _, _)) = rows.first() else {
+        return Err(StoreError::Internal("read changes: no bounds row".into()));
+    };
+    let latest = latest.map_or(0, revision_u64);
+    let oldest = oldest.map_or(latest + 1, revision_u64);
+    check_revision(after, oldest, latest)?;
+    rows.into_iter()
+        .filter_map(|(_, _, revision, payload)| Some((revision?, payload?)))
+        .map(|(revision, payload)| {
+            let mut event = decode_event(&payload)
+                .map_err(|e| StoreError::Internal(format!("user_changes row {revision}: {e}")))?;
+            event.revision = revision_u64(revision);
+            Ok(event)
+        })
+        .collect()
 }
 
 #[async_trait]
@@ -620,11 +912,12 @@ impl UserStore for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(|e| classify("insert user", e))?;
-        notify(&mut tx, &payload).await?;
+        let revision = record_change(&mut tx, user.id, &payload).await?;
         // Only a successful commit acknowledges the write. If the commit's
         // answer is lost the outcome is unknown and the client sees
         // UNAVAILABLE; a retry then reports ALREADY_EXISTS if it did land.
         tx.commit().await.map_err(|e| classify("commit", e))?;
+        self.prune(&mut conn, revision).await;
         Ok(user)
     }
 
@@ -668,8 +961,10 @@ impl UserStore for PostgresStore {
             return Err(StoreError::NotFound(id));
         };
         let user = user_from_row(&row)?;
-        notify(&mut tx, &encode_event(EventKind::Updated, &user, at)?).await?;
+        let payload = encode_event(EventKind::Updated, &user, at)?;
+        let revision = record_change(&mut tx, user.id, &payload).await?;
         tx.commit().await.map_err(|e| classify("commit", e))?;
+        self.prune(&mut conn, revision).await;
         Ok(user)
     }
 
@@ -688,8 +983,10 @@ impl UserStore for PostgresStore {
             return Err(StoreError::NotFound(id));
         };
         let user = user_from_row(&row)?;
-        notify(&mut tx, &encode_event(EventKind::Deleted, &user, now())?).await?;
+        let payload = encode_event(EventKind::Deleted, &user, now())?;
+        let revision = record_change(&mut tx, user.id, &payload).await?;
         tx.commit().await.map_err(|e| classify("commit", e))?;
+        self.prune(&mut conn, revision).await;
         Ok(user)
     }
 
@@ -724,6 +1021,15 @@ impl UserStore for PostgresStore {
 
     fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
         self.events.subscribe()
+    }
+
+    fn published_revision(&self) -> u64 {
+        self.events.position.load(Ordering::SeqCst)
+    }
+
+    async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<UserEvent>, StoreError> {
+        let mut conn = self.conn().await?;
+        read_changes(&mut conn, after, limit).await
     }
 
     async fn check(&self) -> Result<(), StoreError> {
@@ -784,6 +1090,17 @@ mod tests {
         assert_eq!(event.user, user);
         assert_eq!(event.occurred_at, at);
         assert!(!json.contains("argon2"), "no password hash in events");
+    }
+
+    #[test]
+    fn notifications_carry_the_revision_and_old_ones_decode_without() {
+        let user = user("rev@example.com", "Rev");
+        let json = encode_event(EventKind::Created, &user, now()).unwrap();
+        assert!(!json.contains("revision"), "the stored JSON has none");
+        assert_eq!(decode_event(&json).unwrap().revision, 0);
+        // What the database sends: the stored JSON with the revision added.
+        let notified = format!("{{\"revision\": 42, {}", &json[1..]);
+        assert_eq!(decode_event(&notified).unwrap().revision, 42);
     }
 
     #[test]

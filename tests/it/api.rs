@@ -748,6 +748,7 @@ async fn watch_users_filters_by_id_and_validates_ids() {
     let mut events = client
         .watch_users(WatchUsersRequest {
             user_ids: vec![watched.id.clone()],
+            ..Default::default()
         })
         .await
         .unwrap()
@@ -784,6 +785,7 @@ async fn watch_users_filters_by_id_and_validates_ids() {
     let status = client
         .watch_users(WatchUsersRequest {
             user_ids: vec![watched.id.clone(), "bad".into()],
+            ..Default::default()
         })
         .await
         .unwrap_err();
@@ -806,4 +808,85 @@ async fn streams_end_at_the_client_deadline() {
         .unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded);
     assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[tokio::test]
+async fn watch_users_resumes_after_a_revision_and_refuses_unknown_ones() {
+    let app = spawn_app().await;
+    let mut client = app.client.clone();
+    let mut live = client
+        .watch_users(WatchUsersRequest::default())
+        .await
+        .unwrap()
+        .into_inner();
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            client
+                .create_user(create_request(&format!("rev{i}")))
+                .await
+                .unwrap()
+                .into_inner()
+                .id,
+        );
+    }
+    let mut revisions = Vec::new();
+    for _ in 0..3 {
+        let event = tokio::time::timeout(Duration::from_secs(5), live.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        revisions.push(event.revision);
+    }
+    assert!(revisions[0] > 0 && revisions.windows(2).all(|w| w[0] < w[1]));
+
+    // A live-only watch says where it starts: after the latest change.
+    let response = client
+        .watch_users(WatchUsersRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        response
+            .metadata()
+            .get("watch-revision")
+            .unwrap()
+            .to_str()
+            .unwrap(),
+        revisions[2].to_string()
+    );
+
+    // Resuming after the first replays the other two, in order.
+    let mut resumed = client
+        .watch_users(WatchUsersRequest {
+            since_revision: revisions[0],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    for (revision, id) in revisions[1..].iter().zip(&ids[1..]) {
+        let event = tokio::time::timeout(Duration::from_secs(5), resumed.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(event.revision, *revision);
+        assert_eq!(&event.user.unwrap().id, id);
+    }
+
+    // A revision this store never issued (e.g. from before a restart).
+    let status = client
+        .watch_users(WatchUsersRequest {
+            since_revision: revisions[2] + 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::OutOfRange);
+    assert!(
+        status.message().contains("latest revision"),
+        "{}",
+        status.message()
+    );
 }

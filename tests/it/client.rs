@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use tokio::{io::AsyncWriteExt, process::Command};
 use user_service_client::{ClientConfig, ClientError, UserClient};
 
-use crate::helpers::{email, spawn_app};
+use crate::helpers::{email, spawn_app, spawn_app_on, test_settings};
 
 #[tokio::test]
 async fn the_client_library_maps_errors_to_typed_variants() {
@@ -135,5 +135,105 @@ async fn userctl_drives_every_unary_call_and_list() {
     assert!(
         !err.contains("short"),
         "the password is never echoed: {err}"
+    );
+}
+
+#[tokio::test]
+async fn userctl_watch_since_a_revision_the_server_does_not_have_fails_clearly() {
+    let app = spawn_app().await;
+    let addr = format!("http://{}", app.grpc_addr);
+    let (ok, _, err) = userctl(&addr, &["watch", "--since", "999"], None).await;
+    assert!(!ok, "a watch that cannot resume ends instead of waiting");
+    assert!(err.contains("newer than the latest revision 0"), "{err}");
+}
+
+/// `follow_users` resumes by itself: a watcher that falls behind (a
+/// one-event buffer and a burst of writes while it cannot run) is ended by
+/// the server with RESOURCE_EXHAUSTED, and the stream goes on with every
+/// change exactly once, in order, whether it had received an event yet
+/// (it resumes from the `watch-revision` header) or not (from the last
+/// event's revision).
+#[tokio::test]
+async fn follow_users_resumes_from_the_last_revision() {
+    use user_service::{
+        domain::{now, Email, NewUser, UserId, UserName, UserPatch, UserStatus},
+        store::{MemoryStore, UserStore},
+    };
+
+    let store: std::sync::Arc<dyn UserStore> =
+        std::sync::Arc::new(MemoryStore::with_retention(1, 1000));
+    let app = spawn_app_on(test_settings(), store.clone()).await;
+    let client = UserClient::connect(ClientConfig {
+        endpoint: format!("http://{}", app.grpc_addr),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    let user = store
+        .create(NewUser {
+            id: UserId::generate(),
+            email: Email::parse(&email("follow")).unwrap(),
+            name: UserName::parse("Follow").unwrap(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            status: UserStatus::Active,
+            roles: vec![],
+            created_at: now(),
+        })
+        .await
+        .unwrap();
+    // A burst the server cannot forward as it happens: this test's runtime
+    // has one thread and the loop never yields, so the watcher lags.
+    let burst = |count: usize| {
+        let store = store.clone();
+        async move {
+            for i in 0..count {
+                let patch = UserPatch {
+                    name: Some(UserName::parse(&format!("Burst {i}")).unwrap()),
+                    status: None,
+                };
+                store.update(user.id, patch, now()).await.unwrap();
+            }
+        }
+    };
+    let mut events = Box::pin(client.follow_users(vec![], 0));
+    let mut revisions = Vec::new();
+
+    // Before the first event: the burst starts once the watch is live
+    // (the first poll below subscribes).
+    let early = tokio::spawn({
+        let burst = burst(20);
+        async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            burst.await
+        }
+    });
+    for _ in 0..20 {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        revisions.push(event.revision);
+    }
+    early.await.unwrap();
+
+    // After some events.
+    burst(50).await;
+    for _ in 0..50 {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        revisions.push(event.revision);
+    }
+    // The create was revision 1, before the watch.
+    let expected: Vec<u64> = (2..=71).collect();
+    assert_eq!(revisions, expected);
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), events.next())
+            .await
+            .is_err(),
+        "no duplicates after the resume"
     );
 }

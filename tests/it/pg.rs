@@ -151,7 +151,12 @@ impl Drop for TestDb {
 /// A PostgreSQL store on a fresh database, once it is ready (schema
 /// migrated, event listener subscribed).
 pub async fn store(db: &TestDb) -> Arc<dyn UserStore> {
-    let store = store::open(&db.settings().store).await.expect("open store");
+    store_with(&db.settings()).await
+}
+
+/// Like [`store`], with settings of the caller's.
+pub async fn store_with(settings: &Settings) -> Arc<dyn UserStore> {
+    let store = store::open(&settings.store).await.expect("open store");
     wait_until_ready(&store).await;
     store
 }

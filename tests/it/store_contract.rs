@@ -2,15 +2,20 @@
 //! cannot drift: each check below is one function over `Arc<dyn UserStore>`
 //! and becomes one test per store (`store_contract::memory::*`,
 //! `store_contract::postgres::*`).
+//!
+//! Every store here keeps [`RETENTION`] changes, so the retention window
+//! is reachable in a test.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
+
+use futures_util::StreamExt;
 
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use user_service::{
     domain::{
-        now, Email, EventKind, NewUser, User, UserEvent, UserId, UserName, UserPatch, UserStatus,
-        DEFAULT_ROLE,
+        now, DomainError, Email, EventKind, NewUser, PasswordHasher, User, UserEvent, UserId,
+        UserName, UserPatch, UserService, UserServiceLimits, UserStatus, DEFAULT_ROLE,
     },
     store::{MemoryStore, StoreError, UserStore},
 };
@@ -23,7 +28,10 @@ macro_rules! contract {
                 #[tokio::test]
                 async fn $check() {
                     let store: std::sync::Arc<dyn user_service::store::UserStore> =
-                        std::sync::Arc::new(super::MemoryStore::new(1024));
+                        std::sync::Arc::new(super::MemoryStore::with_retention(
+                            1024,
+                            super::RETENTION,
+                        ));
                     super::$check(store).await;
                 }
             )*
@@ -33,7 +41,9 @@ macro_rules! contract {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
                     let db = crate::pg::fresh_db().await;
-                    let store = crate::pg::store(&db).await;
+                    let mut settings = db.settings();
+                    settings.store.change_retention = super::RETENTION;
+                    let store = crate::pg::store_with(&settings).await;
                     super::$check(store).await;
                 }
             )*
@@ -50,7 +60,13 @@ contract!(
     of_concurrent_duplicate_creates_exactly_one_wins,
     list_after_pages_in_id_order,
     subscribers_see_later_changes_in_order,
+    changes_after_replays_in_revision_order,
+    a_revision_past_retention_is_out_of_range,
+    a_resumed_watch_sees_every_change_once_across_the_switch_over,
 );
+
+/// Changes each contract store keeps for `changes_after`.
+const RETENTION: usize = 16;
 
 /// A stand-in for an argon2id PHC string (the PostgreSQL schema checks the
 /// prefix; hashing for real would only slow these tests down).
@@ -318,4 +334,188 @@ async fn subscribers_see_later_changes_in_order(store: Arc<dyn UserStore>) {
         events.try_recv(),
         Err(broadcast::error::TryRecvError::Empty)
     ));
+}
+
+fn rename(name: &str) -> UserPatch {
+    UserPatch {
+        name: Some(UserName::parse(name).unwrap()),
+        status: None,
+    }
+}
+
+/// Makes `count` changes (a create, then renames) and returns the
+/// revisions they got, in order, as a subscriber saw them.
+async fn make_changes(store: &Arc<dyn UserStore>, count: usize) -> Vec<u64> {
+    let mut events = store.subscribe();
+    let user = store
+        .create(new_user(&unique("changes"), "Changes"))
+        .await
+        .unwrap();
+    for i in 1..count {
+        store
+            .update(user.id, rename(&format!("Change {i}")), now())
+            .await
+            .unwrap();
+    }
+    let mut revisions = Vec::new();
+    for _ in 0..count {
+        revisions.push(next_event(&mut events).await.revision);
+    }
+    revisions
+}
+
+async fn changes_after_replays_in_revision_order(store: Arc<dyn UserStore>) {
+    let mut events = store.subscribe();
+    let created = store
+        .create(new_user(&unique("replayed"), "Replayed"))
+        .await
+        .unwrap();
+    let updated = store
+        .update(created.id, rename("Renamed"), now())
+        .await
+        .unwrap();
+    let deleted = store.delete(created.id).await.unwrap();
+    let live: Vec<UserEvent> = vec![
+        next_event(&mut events).await,
+        next_event(&mut events).await,
+        next_event(&mut events).await,
+    ];
+    let revisions: Vec<u64> = live.iter().map(|e| e.revision).collect();
+    assert!(revisions[0] > 0, "revisions start above 0: {revisions:?}");
+    assert!(
+        revisions.windows(2).all(|w| w[0] < w[1]),
+        "strictly increasing: {revisions:?}"
+    );
+
+    // What a subscriber saw live is exactly what replay returns.
+    let before_first = revisions[0] - 1;
+    let replayed = store.changes_after(before_first, 100).await.unwrap();
+    assert_eq!(replayed, live);
+    assert_eq!(replayed[0].user, created);
+    assert_eq!(replayed[1].user, updated);
+    assert_eq!(replayed[2].user, deleted);
+    assert_eq!(replayed[2].kind, EventKind::Deleted);
+
+    // Paged, strictly after the given revision.
+    let first_two = store.changes_after(before_first, 2).await.unwrap();
+    assert_eq!(first_two, live[..2]);
+    let rest = store.changes_after(revisions[1], 2).await.unwrap();
+    assert_eq!(rest, live[2..]);
+    assert!(store
+        .changes_after(revisions[2], 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+async fn a_revision_past_retention_is_out_of_range(store: Arc<dyn UserStore>) {
+    let revisions = make_changes(&store, 3 * RETENTION).await;
+    let latest = *revisions.last().unwrap();
+    // The newest RETENTION changes are always there.
+    let keep_from = revisions[revisions.len() - RETENTION];
+    let kept = store.changes_after(keep_from - 1, 1000).await.unwrap();
+    let kept: Vec<u64> = kept.iter().map(|e| e.revision).collect();
+    assert_eq!(kept, revisions[revisions.len() - RETENTION..]);
+
+    // The first ones are not: refused, naming what is available.
+    match store.changes_after(revisions[0], 10).await {
+        Err(err @ StoreError::RevisionOutOfRange { oldest, .. }) => {
+            assert!(oldest > revisions[1], "{err}");
+            assert!(oldest <= keep_from, "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains(&format!("oldest available revision is {oldest}")),
+                "{message}"
+            );
+        }
+        other => panic!("expected RevisionOutOfRange, got {other:?}"),
+    }
+    // Nor is a revision from the future (another or a reset store).
+    assert!(matches!(
+        store.changes_after(latest + 1, 10).await,
+        Err(StoreError::RevisionOutOfRange { .. })
+    ));
+
+    // Through the domain: the watch call itself fails, before any event.
+    let service = service_on(&store, 4);
+    match service.watch(&[], revisions[0]).await {
+        Err(DomainError::OutOfRange(message)) => {
+            assert!(message.contains("oldest available revision"), "{message}")
+        }
+        Err(other) => panic!("expected OutOfRange, got {other:?}"),
+        Ok(_) => panic!("expected OutOfRange, got a stream"),
+    }
+}
+
+fn service_on(store: &Arc<dyn UserStore>, batch: usize) -> UserService {
+    UserService::new(
+        Arc::clone(store),
+        PasswordHasher::new(1, 16),
+        UserServiceLimits {
+            list_batch: batch,
+            bulk_max_items: 10,
+        },
+    )
+}
+
+/// A watcher resumed from a revision while writes keep flowing sees every
+/// later change exactly once and in order: the replay (paged, 3 a time)
+/// hands over to the live feed with no gap and no duplicate.
+async fn a_resumed_watch_sees_every_change_once_across_the_switch_over(store: Arc<dyn UserStore>) {
+    // The reference: a subscriber from before the first change.
+    let mut reference = store.subscribe();
+    let user = store
+        .create(new_user(&unique("switch"), "Switch"))
+        .await
+        .unwrap();
+    let start = next_event(&mut reference).await.revision;
+    let total = RETENTION / 2;
+    let writer = {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            for i in 0..total {
+                store
+                    .update(user.id, rename(&format!("Flow {i}")), now())
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    // Resume after the create while the writer is running, so some of the
+    // changes are replayed and the rest arrive live.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let service = service_on(&store, 3);
+    let (from, watched) = service.watch(&[], start).await.unwrap();
+    assert_eq!(from, start);
+    let mut watched = Box::pin(watched);
+    writer.await.unwrap();
+
+    let mut expected = Vec::new();
+    for _ in 0..total {
+        expected.push(next_event(&mut reference).await);
+    }
+    let mut got = Vec::new();
+    for _ in 0..total {
+        let event = tokio::time::timeout(Duration::from_secs(5), watched.next())
+            .await
+            .expect("no event within 5s")
+            .expect("stream ended")
+            .expect("stream failed");
+        got.push(event);
+    }
+    assert_eq!(
+        got.iter().map(|e| e.revision).collect::<Vec<_>>(),
+        expected.iter().map(|e| e.revision).collect::<Vec<_>>()
+    );
+    assert_eq!(got, expected);
+    let unique_revisions: HashSet<u64> = got.iter().map(|e| e.revision).collect();
+    assert_eq!(unique_revisions.len(), total);
+    // And nothing more: no duplicate after the switch-over.
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), watched.next())
+            .await
+            .is_err(),
+        "no duplicate events"
+    );
 }

@@ -17,6 +17,11 @@ pub mod v1 {
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/user_descriptor.bin"));
 
+    /// The WatchUsers response header naming the revision the stream starts
+    /// after (see the proto): where a client that has received no event yet
+    /// resumes from.
+    pub const WATCH_REVISION_HEADER: &str = "watch-revision";
+
     /// The fully qualified service name, as used by health checks and metrics.
     pub const SERVICE_NAME: &str = "user.v1.UserService";
 }

@@ -79,8 +79,15 @@ enum Cmd {
         #[arg(long, default_value = "")]
         page_token: String,
     },
-    /// Follow changes (all users, or the given ids) until interrupted.
-    Watch { ids: Vec<String> },
+    /// Follow changes (all users, or the given ids) until interrupted,
+    /// reconnecting by itself from the last revision printed.
+    Watch {
+        ids: Vec<String>,
+        /// Replay every change after this revision first (the `revision`
+        /// of the last line a previous run printed); 0 = live only.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -179,8 +186,9 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 println!("{}", user_json(&user?));
             }
         }
-        Cmd::Watch { ids } => {
-            let mut events = client.watch_users(ids, None).await?;
+        Cmd::Watch { ids, since } => {
+            let events = client.follow_users(ids, since);
+            futures_util::pin_mut!(events);
             while let Some(event) = events.next().await {
                 let event = event?;
                 let kind =
@@ -188,6 +196,7 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 println!(
                     "{}",
                     json!({
+                        "revision": event.revision,
                         "type": kind,
                         "user": event.user.as_ref().map(user_json),
                         "occurred_at": event.occurred_at.map(|t| t.to_string()),
