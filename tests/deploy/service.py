@@ -65,6 +65,7 @@ class RunningService:
                  "--store-url", postgres_url(), "--log-format", "json"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.grpc_addr, self.admin_addr = self._wait_until_serving()
+        self._wait_until_ready()
 
     def _wait_until_serving(self):
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -76,6 +77,17 @@ class RunningService:
             assert self.process.poll() is None, f"user-service exited at startup:\n{self.log_path.read_text()}"
             time.sleep(0.05)
         raise AssertionError(f"user-service did not log `serving` within {STARTUP_SECONDS}s:\n{self.log_path.read_text()}")
+
+    def _wait_until_ready(self):
+        """/readyz answers 200 once the store does (migrations done)."""
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://{self.admin_addr}/readyz", timeout=5):
+                    return
+            except OSError:  # HTTPError (503) included
+                time.sleep(0.05)
+        raise AssertionError(f"user-service not ready within {STARTUP_SECONDS}s:\n{self.log_path.read_text()}")
 
     def call(self, grpcurl, method, data="{}"):
         """One plaintext gRPC call, so that the gRPC families have series."""

@@ -162,7 +162,8 @@ def test_packaged_chart_renders_the_same_objects(helm, tmp_path):
 def test_refuses(helm, expect, args):
     result = helm.template("release", CHART, "--kube-version", KUBE_VERSION, *args)
     assert result.returncode != 0, f"accepted, but should have been refused: {' '.join(args)}"
-    assert expect in result.stderr, f"refused, but without mentioning {expect!r}:\n{result.stderr}"
+    said = result.stdout + result.stderr
+    assert expect in said, f"refused, but without mentioning {expect!r}:\n{said}"
 
 
 def plain(helm, *args):
