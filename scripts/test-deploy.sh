@@ -25,5 +25,11 @@ printf '==> tools: helm %s, %s, %s\n' "$("$HELM" version --template '{{.Version}
   "$("$TOOLS/venv/bin/kubernetes-validate" --version)" "$(promtool --version 2>&1 | head -1)"
 
 # pg_virtualenv creates a temporary cluster, exports PGHOST/PGPORT/PGUSER/
-# PGPASSWORD for it, runs the command and drops the cluster afterwards.
-exec pg_virtualenv "$TOOLS/venv/bin/python" -m pytest tests/deploy "$@"
+# PGPASSWORD for it, runs the command and drops the cluster afterwards. When
+# the command fails it also prints the tail of every PostgreSQL log on the
+# machine, which says nothing about the chart: pytest's status is carried
+# out in a file instead, so a failure shows pytest's report alone.
+status=$(mktemp)
+trap 'rm -f "$status"' EXIT
+pg_virtualenv sh -c '"$@"; echo $? >"$0"' "$status" "$TOOLS/venv/bin/python" -m pytest tests/deploy "$@"
+exit "$(cat "$status")"
