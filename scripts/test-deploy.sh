@@ -32,4 +32,5 @@ printf '==> tools: helm %s, %s, %s\n' "$("$HELM" version --template '{{.Version}
 status=$(mktemp)
 trap 'rm -f "$status"' EXIT
 pg_virtualenv sh -c '"$@"; echo $? >"$0"' "$status" "$TOOLS/venv/bin/python" -m pytest tests/deploy "$@"
-exit "$(cat "$status")"
+rc=$(cat "$status")
+exit "${rc:-1}"

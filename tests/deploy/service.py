@@ -64,8 +64,12 @@ class RunningService:
                 [str(binary), "--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0",
                  "--store-url", postgres_url(), "--log-format", "json"],
                 stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        self.grpc_addr, self.admin_addr = self._wait_until_serving()
-        self._wait_until_ready()
+        try:
+            self.grpc_addr, self.admin_addr = self._wait_until_serving()
+            self._wait_until_ready()
+        except BaseException:  # nobody else would stop it
+            self.stop()
+            raise
 
     def _wait_until_serving(self):
         deadline = time.monotonic() + STARTUP_SECONDS
@@ -74,9 +78,9 @@ class RunningService:
                 fields = _serving_fields(line)
                 if fields:
                     return fields["grpc_addr"], fields["admin_addr"]
-            assert self.process.poll() is None, f"user-service exited at startup:\n{self.log_path.read_text()}"
+            assert self.process.poll() is None, f"user-service exited at startup:\n{self.log_tail()}"
             time.sleep(0.05)
-        raise AssertionError(f"user-service did not log `serving` within {STARTUP_SECONDS}s:\n{self.log_path.read_text()}")
+        raise AssertionError(f"user-service did not log `serving` within {STARTUP_SECONDS}s:\n{self.log_tail()}")
 
     def _wait_until_ready(self):
         """/readyz answers 200 once the store does (migrations done)."""
@@ -87,7 +91,11 @@ class RunningService:
                     return
             except OSError:  # HTTPError (503) included
                 time.sleep(0.05)
-        raise AssertionError(f"user-service not ready within {STARTUP_SECONDS}s:\n{self.log_path.read_text()}")
+        raise AssertionError(f"user-service not ready within {STARTUP_SECONDS}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines=40):
+        """The end of the service's log: enough to see why it failed."""
+        return "\n".join(self.log_path.read_text().splitlines()[-lines:])
 
     def call(self, grpcurl, method, data="{}"):
         """One plaintext gRPC call, so that the gRPC families have series."""
