@@ -24,7 +24,7 @@ HELM_K8S_MINOR=37
 # The deployment tests' virtualenv: kubernetes-validate (schemas ship inside
 # the wheel) and the test runner.
 KUBERNETES_VALIDATE_VERSION=1.37.0
-PYTEST_VERSION=8.4.2
+DEPLOY_PYTEST_VERSION=8.4.2
 # Go toolchain fetched from the module proxy when no Go >= 1.21 is installed.
 GO_TOOLCHAIN_VERSION=1.26.8
 TOOLS="$PWD/.tools"
@@ -136,12 +136,12 @@ fi
 # The deployment tests' virtualenv, rebuilt when a pin changes.
 VENV="$TOOLS/venv"
 if ! "$VENV/bin/python" -c "import kubernetes_validate.version as k, pytest, sys
-sys.exit(k.__version__ != '$KUBERNETES_VALIDATE_VERSION' or pytest.__version__ != '$PYTEST_VERSION')" 2>/dev/null; then
-  log "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION pytest==$PYTEST_VERSION"
+sys.exit(k.__version__ != '$KUBERNETES_VALIDATE_VERSION' or pytest.__version__ != '$DEPLOY_PYTEST_VERSION')" 2>/dev/null; then
+  log "pip install kubernetes-validate==$KUBERNETES_VALIDATE_VERSION pytest==$DEPLOY_PYTEST_VERSION"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check \
-    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "pytest==$PYTEST_VERSION"
+    "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" "pytest==$DEPLOY_PYTEST_VERSION"
 fi
 
 if [ "$MODE" = deploy ]; then
