@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # pytest is pinned in the tests' own venv (scripts/install-test-deps.sh).
-PYTEST="$PWD/.tools/cluster-venv/bin/pytest"
+PYTEST="$PWD/.tools/venv/bin/pytest"
 [ -x "$PYTEST" ] || { echo "ERROR: $PYTEST is missing: run scripts/install-test-deps.sh" >&2; exit 1; }
 export PATH="$PWD/.tools/bin:$PATH"
 for tool in helm grpcurl promtool prometheus psql; do
