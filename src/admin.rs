@@ -11,11 +11,9 @@ use axum::{
     Router,
 };
 
-use crate::{
-    health::Health,
-    store::{record_pool_stats, UserStore},
-    telemetry,
-};
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::{domain::StoreHealth, health::Health, store::record_pool_stats, telemetry};
 
 /// The Prometheus text exposition format version we render.
 pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -23,15 +21,27 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
 #[derive(Clone)]
 struct AdminState {
     health: Health,
-    store: Arc<dyn UserStore>,
+    /// Only the store's operational face: the pool gauges, sampled at scrape.
+    store: Arc<dyn StoreHealth>,
+    /// The process's recorder (`None` if it could not be installed: then
+    /// /metrics carries the process metrics only).
+    metrics: Option<&'static PrometheusHandle>,
 }
 
-pub fn router(health: Health, store: Arc<dyn UserStore>) -> Router {
+pub fn router(
+    health: Health,
+    store: Arc<dyn StoreHealth>,
+    metrics: Option<&'static PrometheusHandle>,
+) -> Router {
     Router::new()
         .route("/livez", get(livez))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .with_state(AdminState { health, store })
+        .route("/metrics", get(metrics_text))
+        .with_state(AdminState {
+            health,
+            store,
+            metrics,
+        })
 }
 
 /// Liveness is the process answering at all: a wedged runtime or a dead
@@ -50,9 +60,10 @@ async fn readyz(State(state): State<AdminState>) -> (StatusCode, &'static str) {
 }
 
 /// Everything the recorder holds plus the process metrics, sampled now.
-async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     record_pool_stats(state.store.as_ref());
-    let mut body = telemetry::metrics::install()
+    let mut body = state
+        .metrics
         .map(|handle| handle.render())
         .unwrap_or_default();
     body.push_str(&telemetry::process::render());

@@ -20,7 +20,7 @@ use tonic_health::{
     ServingStatus,
 };
 
-use crate::{pb::SERVICE_NAME, store::UserStore};
+use crate::{domain::StoreHealth, pb::SERVICE_NAME};
 
 #[derive(Clone)]
 pub struct Health {
@@ -89,7 +89,7 @@ impl Health {
     /// need no restart.
     pub async fn monitor(
         self,
-        store: Arc<dyn UserStore>,
+        store: Arc<dyn StoreHealth>,
         interval: Duration,
         timeout: Duration,
         mut stop: watch::Receiver<bool>,

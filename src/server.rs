@@ -5,6 +5,7 @@
 use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 
 use futures_util::StreamExt;
+use metrics_exporter_prometheus::PrometheusHandle;
 use rand_core::{OsRng, RngCore};
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use tonic::transport::server::TcpIncoming;
@@ -14,11 +15,12 @@ use crate::{
     auth::{Auth, AuthError},
     config::Settings,
     domain::{PasswordHasher, UserService, UserServiceLimits},
+    domain::{StoreError, StoreHealth, UserStore},
     grpc::middleware::{self, StackOptions},
     grpc::{max_age::Aged, UserGrpc},
     health::Health,
     pb,
-    store::{self, InstrumentedStore, StoreError, UserStore},
+    store::{self, InstrumentedStore},
     telemetry,
     tls::{self, ServerTls, TlsError, TlsHandle},
 };
@@ -56,6 +58,9 @@ pub struct Server {
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
     tls: Option<ServerTls>,
+    /// The process's Prometheus recorder, installed first thing in `bind`:
+    /// every metric handle (store, call layers) is taken after it exists.
+    metrics: Option<&'static PrometheusHandle>,
 }
 
 impl Server {
@@ -70,9 +75,9 @@ impl Server {
         settings: Settings,
         store: Arc<dyn UserStore>,
     ) -> Result<Self, ServerError> {
-        // Every store is observed (spans, latency); the recorder must exist
-        // before the first metric handle is taken.
-        let _ = telemetry::metrics::install();
+        // The one place the recorder is installed: before the first metric
+        // handle is taken (a handle taken earlier would be a no-op forever).
+        let metrics = telemetry::metrics::install();
         // A healthy database hands out a connection within acquire_timeout
         // and ends any statement at statement_timeout; a store operation
         // slower than both (plus slack for the network and a transaction's
@@ -92,6 +97,7 @@ impl Server {
             grpc_listener,
             admin_listener,
             tls,
+            metrics,
         })
     }
 
@@ -119,6 +125,7 @@ impl Server {
             grpc_listener,
             admin_listener,
             tls,
+            metrics,
         } = self;
         let grpc_addr = grpc_listener.local_addr().unwrap_or(settings.grpc.addr);
         let admin_addr = admin_listener.local_addr().unwrap_or(settings.admin.addr);
@@ -139,7 +146,7 @@ impl Server {
         let mut background = vec![
             telemetry::metrics::spawn_upkeep(stopped.clone()),
             tokio::spawn(health.clone().monitor(
-                Arc::clone(&store),
+                store.clone() as Arc<dyn StoreHealth>,
                 settings.health.check_interval,
                 settings.health.check_timeout,
                 stopped.clone(),
@@ -148,7 +155,8 @@ impl Server {
         background.extend(auth.spawn_refresh(stopped.clone()));
         background.extend(tls.map(|tls| tls.spawn_reloader(stopped.clone())));
 
-        let admin_store = Arc::clone(&store);
+        // Readiness and the admin port see only the store's operational face.
+        let admin_store: Arc<dyn StoreHealth> = store.clone();
         let users = UserService::new(
             store,
             PasswordHasher::new(
@@ -170,7 +178,11 @@ impl Server {
             &auth,
             draining,
         )?;
-        let admin_task = spawn_admin(admin_listener, health.clone(), admin_store, stopped.clone());
+        let admin_task = spawn_admin(
+            admin_listener,
+            admin::router(health.clone(), admin_store, metrics),
+            stopped.clone(),
+        );
         tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, tls = tls_mode, "serving");
 
         let mut grpc_task = grpc_task;
@@ -343,11 +355,9 @@ fn spawn_grpc(
 
 fn spawn_admin(
     listener: TcpListener,
-    health: Health,
-    store: Arc<dyn UserStore>,
+    app: axum::Router,
     mut stopped: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
-    let app = admin::router(health, store);
     tokio::spawn(async move {
         let stop = async move {
             let _ = stopped.wait_for(|s| *s).await;

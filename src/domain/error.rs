@@ -1,6 +1,6 @@
 use std::fmt;
 
-use crate::store::StoreError;
+use super::StoreError;
 
 /// One invalid field of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,9 +8,8 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use super::{
     now, Actor, DomainError, Email, NewUser, Password, PasswordHasher, User, UserEvent, UserId,
-    UserName, UserPatch, UserStatus, ValidationError, DEFAULT_ROLE,
+    UserName, UserPatch, UserStatus, UserStore, ValidationError, DEFAULT_ROLE,
 };
-use crate::store::UserStore;
 
 /// Tunables of the use cases (from the `limits` config section).
 #[derive(Debug, Clone)]

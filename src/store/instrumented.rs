@@ -14,7 +14,7 @@ use opentelemetry::KeyValue;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
-use super::{PoolStats, StoreError, UserStore};
+use crate::domain::{PoolStats, StoreError, StoreHealth, UserStore};
 use crate::{
     domain::{NewUser, User, UserEvent, UserId, UserPatch},
     telemetry::{metrics as names, trace::ChildSpan},
@@ -96,9 +96,10 @@ impl InstrumentedStore {
     /// `statement_timeout` cannot fire, so without this a query in flight
     /// would hold its call, and its pooled connection, until the call's
     /// deadline. Dropping the future drops the connection with it.
+    ///
+    /// Registers its metric handles at once: call it after the recorder is
+    /// installed (`Server::bind` does), or they are no-ops.
     pub fn wrap(inner: Arc<dyn UserStore>, bound: Duration) -> Arc<dyn UserStore> {
-        // Handles registered before the recorder exists would be no-ops.
-        let _ = crate::telemetry::metrics::install();
         let latency = OPS
             .iter()
             .map(|op| {
@@ -204,18 +205,20 @@ impl UserStore for InstrumentedStore {
         self.observe(Op::ChangesAfter, self.inner.changes_after(after, limit))
             .await
     }
+}
 
+#[async_trait]
+impl StoreHealth for InstrumentedStore {
     async fn check(&self) -> Result<(), StoreError> {
         self.observe(Op::Check, self.inner.check()).await
     }
-
     fn pool_stats(&self) -> Option<PoolStats> {
         self.inner.pool_stats()
     }
 }
 
 /// Publishes the pool gauges of `store` (called at scrape time).
-pub fn record_pool_stats(store: &dyn UserStore) {
+pub fn record_pool_stats(store: &dyn StoreHealth) {
     if let Some(stats) = store.pool_stats() {
         let used = stats.size.saturating_sub(stats.idle);
         metrics::gauge!(names::STORE_POOL_CONNECTIONS, "state" => "idle")
@@ -272,6 +275,10 @@ mod tests {
         ) -> Result<Vec<UserEvent>, StoreError> {
             self.0.changes_after(after, limit).await
         }
+    }
+
+    #[async_trait]
+    impl StoreHealth for Pooled {
         async fn check(&self) -> Result<(), StoreError> {
             self.0.check().await
         }
@@ -286,13 +293,14 @@ mod tests {
 
     #[tokio::test]
     async fn records_latency_by_outcome_and_pool_gauges() {
+        let recorder = crate::telemetry::metrics::install().unwrap();
         let store = InstrumentedStore::wrap(
             Arc::new(Pooled(MemoryStore::new(16))),
             Duration::from_secs(5),
         );
         store.list_after(None, 10).await.unwrap();
         record_pool_stats(store.as_ref());
-        let text = crate::telemetry::metrics::install().unwrap().render();
+        let text = recorder.render();
         assert!(
             text.contains(
                 "user_service_store_operation_duration_seconds_bucket{operation=\"list_after\",outcome=\"ok\",le=\"0.0005\"}"

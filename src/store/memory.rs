@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
-use super::{check_revision, StoreError, UserStore};
+use crate::domain::{check_revision, StoreError, StoreHealth, UserStore};
 use crate::domain::{EventKind, NewUser, User, UserEvent, UserId, UserPatch};
 
 pub struct MemoryStore {
@@ -222,7 +222,10 @@ impl UserStore for MemoryStore {
             .cloned()
             .collect())
     }
+}
 
+#[async_trait]
+impl StoreHealth for MemoryStore {
     async fn check(&self) -> Result<(), StoreError> {
         Ok(())
     }

@@ -66,7 +66,7 @@ use time::OffsetDateTime;
 use tokio::{sync::broadcast, task::JoinHandle};
 use uuid::Uuid;
 
-use super::{check_revision, PoolStats, StoreError, UserStore};
+use crate::domain::{check_revision, PoolStats, StoreError, StoreHealth, UserStore};
 use crate::{
     config::StoreSettings,
     domain::{
@@ -1031,7 +1031,10 @@ impl UserStore for PostgresStore {
         let mut conn = self.conn().await?;
         read_changes(&mut conn, after, limit).await
     }
+}
 
+#[async_trait]
+impl StoreHealth for PostgresStore {
     async fn check(&self) -> Result<(), StoreError> {
         if !self.state.schema_ready.load(Ordering::SeqCst) {
             return Err(StoreError::Unavailable(
@@ -1052,7 +1055,6 @@ impl UserStore for PostgresStore {
             .map_err(|e| classify("check", e))?;
         Ok(())
     }
-
     fn pool_stats(&self) -> Option<PoolStats> {
         Some(PoolStats {
             size: self.pool.size(),

@@ -86,7 +86,7 @@ mod tests {
     use std::io::Write;
 
     use super::*;
-    use crate::store::UserStore;
+    use crate::domain::UserStore;
 
     const HASH: &str =
         "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHQ$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";

@@ -156,8 +156,9 @@ async fn userctl_watch_since_a_revision_the_server_does_not_have_fails_clearly()
 #[tokio::test]
 async fn follow_users_resumes_from_the_last_revision() {
     use user_service::{
+        domain::UserStore,
         domain::{now, Email, NewUser, UserId, UserName, UserPatch, UserStatus},
-        store::{MemoryStore, UserStore},
+        store::MemoryStore,
     };
 
     let store: std::sync::Arc<dyn UserStore> =

@@ -12,10 +12,8 @@ use tokio::{
 };
 use tonic::transport::Channel;
 use user_service::{
-    config::Settings,
-    pb::user_service_client::UserServiceClient,
-    server::Server,
-    store::{MemoryStore, UserStore},
+    config::Settings, domain::UserStore, pb::user_service_client::UserServiceClient,
+    server::Server, store::MemoryStore,
 };
 
 /// A server running in this process, stopped when dropped.

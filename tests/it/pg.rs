@@ -10,7 +10,8 @@ use std::{sync::Arc, time::Duration};
 use sqlx::{AssertSqlSafe, Connection, Executor, PgConnection};
 use user_service::{
     config::{Settings, StoreUrl},
-    store::{self, UserStore},
+    domain::UserStore,
+    store,
 };
 
 const NO_CLUSTER: &str = "this PostgreSQL test (store_contract::postgres::*, postgres::*) needs a \

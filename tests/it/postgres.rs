@@ -567,8 +567,9 @@ async fn the_migrate_subcommand_fails_clearly_when_the_database_is_unreachable()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_past_statement_timeout_is_unavailable_and_pool_stats_are_reported() {
     use user_service::{
+        domain::StoreError,
         domain::{now, Email, NewUser, UserId, UserName, UserPatch, UserStatus},
-        store::{self, StoreError},
+        store,
     };
 
     let db = pg::fresh_db().await;

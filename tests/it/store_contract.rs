@@ -14,10 +14,11 @@ use time::OffsetDateTime;
 use tokio::sync::broadcast;
 use user_service::{
     domain::{
-        now, DomainError, Email, EventKind, NewUser, PasswordHasher, User, UserEvent, UserId,
-        UserName, UserPatch, UserService, UserServiceLimits, UserStatus, DEFAULT_ROLE,
+        now, DomainError, Email, EventKind, NewUser, PasswordHasher, StoreError, User, UserEvent,
+        UserId, UserName, UserPatch, UserService, UserServiceLimits, UserStatus, UserStore,
+        DEFAULT_ROLE,
     },
-    store::{MemoryStore, StoreError, UserStore},
+    store::MemoryStore,
 };
 
 /// Declares each check as a test on the memory store and on PostgreSQL.
@@ -27,7 +28,7 @@ macro_rules! contract {
             $(
                 #[tokio::test]
                 async fn $check() {
-                    let store: std::sync::Arc<dyn user_service::store::UserStore> =
+                    let store: std::sync::Arc<dyn user_service::domain::UserStore> =
                         std::sync::Arc::new(super::MemoryStore::with_retention(
                             1024,
                             super::RETENTION,
