@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic_health::{
     pb::health_server::{Health as HealthApi, HealthServer},
     server::HealthReporter,
@@ -92,7 +92,7 @@ impl Health {
         store: Arc<dyn StoreHealth>,
         interval: Duration,
         timeout: Duration,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         loop {
             let ok = match tokio::time::timeout(timeout, store.check()).await {
@@ -109,7 +109,7 @@ impl Health {
             self.set_store_ok(ok).await;
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
-                _ = stop.wait_for(|stop| *stop) => return,
+                () = stop.cancelled() => return,
             }
         }
     }

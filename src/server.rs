@@ -7,7 +7,8 @@ use std::{future::Future, net::SocketAddr, sync::Arc, time::Duration};
 use futures_util::StreamExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use rand_core::{OsRng, RngCore};
-use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tonic::transport::server::TcpIncoming;
 
 use crate::{
@@ -131,10 +132,15 @@ impl Server {
         let admin_addr = admin_listener.local_addr().unwrap_or(settings.admin.addr);
 
         let (health, health_service) = Health::new().await;
-        // Three one-way switches drive the sequence.
-        let (draining_tx, draining) = watch::channel(false);
-        let (aborting_tx, aborting) = watch::channel(false);
-        let (stopped_tx, stopped) = watch::channel(false);
+        // Three one-way phases drive the sequence: `draining` (stop
+        // accepting; endless streams end), `aborting` (the timeout passed:
+        // every stream ends), `stopped` (background tasks end).
+        let draining = CancellationToken::new();
+        let aborting = CancellationToken::new();
+        let stopped = CancellationToken::new();
+        // Every background task runs on this tracker and ends at `stopped`;
+        // the sequence waits for all of them before returning.
+        let background = TaskTracker::new();
 
         let tls_mode = match &tls {
             None => "off",
@@ -142,18 +148,21 @@ impl Server {
             Some(_) => "on",
         };
         let tls_handle = tls.as_ref().map(ServerTls::handle);
-        // Every task that ends on the `stopped` switch, joined in one place.
-        let mut background = vec![
-            telemetry::metrics::spawn_upkeep(stopped.clone()),
-            tokio::spawn(health.clone().monitor(
-                store.clone() as Arc<dyn StoreHealth>,
-                settings.health.check_interval,
-                settings.health.check_timeout,
-                stopped.clone(),
-            )),
-        ];
-        background.extend(auth.spawn_refresh(stopped.clone()));
-        background.extend(tls.map(|tls| tls.spawn_reloader(stopped.clone())));
+        if let Some(handle) = metrics {
+            background.spawn(telemetry::metrics::upkeep(handle, stopped.clone()));
+        }
+        background.spawn(health.clone().monitor(
+            store.clone() as Arc<dyn StoreHealth>,
+            settings.health.check_interval,
+            settings.health.check_timeout,
+            stopped.clone(),
+        ));
+        if let Some(refresh) = auth.refresh_task(stopped.clone()) {
+            background.spawn(refresh);
+        }
+        if let Some(tls) = tls {
+            background.spawn(tls.reload_until(stopped.clone()));
+        }
 
         // Readiness and the admin port see only the store's operational face.
         let admin_store: Arc<dyn StoreHealth> = store.clone();
@@ -168,7 +177,7 @@ impl Server {
                 bulk_max_items: settings.limits.bulk_max_items,
             },
         );
-        let grpc = UserGrpc::new(users, draining.clone(), aborting);
+        let grpc = UserGrpc::new(users, draining.clone(), aborting.clone());
         let grpc_task = spawn_grpc(
             &settings,
             grpc_listener,
@@ -176,13 +185,13 @@ impl Server {
             grpc,
             health_service,
             &auth,
-            draining,
+            draining.clone(),
         )?;
-        let admin_task = spawn_admin(
+        background.spawn(serve_admin(
             admin_listener,
             admin::router(health.clone(), admin_store, metrics),
             stopped.clone(),
-        );
+        ));
         tracing::info!(%grpc_addr, %admin_addr, store = %settings.store.url, tls = tls_mode, "serving");
 
         let mut grpc_task = grpc_task;
@@ -190,8 +199,9 @@ impl Server {
             () = shutdown => {}
             result = &mut grpc_task => {
                 // The server ended without being asked to: a fatal error.
-                let _ = stopped_tx.send(true);
-                join_all(background).await;
+                stopped.cancel();
+                background.close();
+                background.wait().await;
                 return match result {
                     Ok(Ok(())) => Err(ServerError::Grpc("server stopped unexpectedly".into())),
                     Ok(Err(err)) => Err(err),
@@ -210,7 +220,7 @@ impl Server {
             ?timeout,
             "draining: no new connections, finishing in-flight calls"
         );
-        let _ = draining_tx.send(true);
+        draining.cancel();
         match tokio::time::timeout(timeout, &mut grpc_task).await {
             Ok(Ok(Ok(()))) => tracing::info!("all calls finished"),
             Ok(Ok(Err(err))) => tracing::error!(error = %err, "gRPC server failed while draining"),
@@ -220,26 +230,18 @@ impl Server {
                     ?timeout,
                     "shutdown timeout reached: cancelling open streams"
                 );
-                let _ = aborting_tx.send(true);
+                aborting.cancel();
                 // Streams end on the abort signal; give their final
                 // status a moment to reach the clients, then stop waiting.
                 let _ = tokio::time::timeout(Duration::from_secs(1), &mut grpc_task).await;
                 grpc_task.abort();
             }
         }
-        let _ = stopped_tx.send(true);
-        let _ = admin_task.await;
-        join_all(background).await;
+        stopped.cancel();
+        background.close();
+        background.wait().await;
         tracing::info!("shutdown complete");
         Ok(())
-    }
-}
-
-/// Waits for background tasks that were told to stop (a panicked one has
-/// nothing left to wait for).
-async fn join_all(tasks: Vec<JoinHandle<()>>) {
-    for task in tasks {
-        let _ = task.await;
     }
 }
 
@@ -258,7 +260,7 @@ fn spawn_grpc(
         impl tonic_health::pb::health_server::Health,
     >,
     auth: &Auth,
-    mut draining: watch::Receiver<bool>,
+    draining: CancellationToken,
 ) -> Result<JoinHandle<Result<(), ServerError>>, ServerError> {
     let reflection = || {
         tonic_reflection::server::Builder::configure()
@@ -317,9 +319,7 @@ fn spawn_grpc(
         .add_optional_service(reflection_v1alpha)
         .add_service(users.into_server(g.max_message_size));
 
-    let stop = async move {
-        let _ = draining.wait_for(|d| *d).await;
-    };
+    let stop = draining.cancelled_owned();
     // Connections handed to tonic (after the TLS handshake, with TLS): the
     // rate shows clients reconnecting, e.g. after `grpc.max_connection_age`.
     let accepted = metrics::counter!(telemetry::metrics::GRPC_CONNECTIONS_ACCEPTED);
@@ -353,22 +353,14 @@ fn spawn_grpc(
     }))
 }
 
-fn spawn_admin(
-    listener: TcpListener,
-    app: axum::Router,
-    mut stopped: watch::Receiver<bool>,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let stop = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        if let Err(err) = axum::serve(listener, app)
-            .with_graceful_shutdown(stop)
-            .await
-        {
-            tracing::error!(error = %err, "admin listener failed");
-        }
-    })
+/// The admin listener, until `stopped`.
+async fn serve_admin(listener: TcpListener, app: axum::Router, stopped: CancellationToken) {
+    if let Err(err) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped.cancelled_owned())
+        .await
+    {
+        tracing::error!(error = %err, "admin listener failed");
+    }
 }
 
 /// Counts the connections an incoming stream yields.

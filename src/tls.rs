@@ -47,6 +47,7 @@ use tokio_rustls::{
     TlsAcceptor,
 };
 use tokio_stream::StreamExt;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
 
 use crate::config::TlsSettings;
@@ -156,10 +157,10 @@ impl ServerTls {
         }
     }
 
-    /// Re-reads the files every `reload_interval` until `stopped` turns
-    /// true. Owned by the server's shutdown sequence.
-    pub fn spawn_reloader(mut self, mut stopped: watch::Receiver<bool>) -> JoinHandle<()> {
-        tokio::spawn(async move {
+    /// Re-reads the files every `reload_interval` until `stop` is
+    /// cancelled. The server runs it as one of its background tasks.
+    pub async fn reload_until(mut self, stop: CancellationToken) {
+        {
             let mut ticker = tokio::time::interval(self.reload_interval);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             // The first tick is immediate and the files were just read.
@@ -169,7 +170,7 @@ impl ServerTls {
             let mut last_warning: Option<String> = None;
             loop {
                 tokio::select! {
-                    _ = stopped.wait_for(|s| *s) => return,
+                    () = stop.cancelled() => return,
                     _ = ticker.tick() => {}
                 }
                 match self.reload().await {
@@ -198,7 +199,7 @@ impl ServerTls {
                     }
                 }
             }
-        })
+        }
     }
 
     /// Swaps in the files' content if it changed and is valid; returns

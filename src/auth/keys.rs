@@ -19,7 +19,8 @@ use jsonwebtoken::{
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse},
     Algorithm, AlgorithmFamily, DecodingKey, EncodingKey,
 };
-use tokio::sync::{watch, Mutex};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthSettings, ConfigError};
 
@@ -311,17 +312,12 @@ impl Jwks {
         parse_jwks(&body)
     }
 
-    /// Refreshes every `jwks_refresh_interval` until `stopped` turns true.
-    pub async fn run_refresh(self: Arc<Self>, mut stopped: watch::Receiver<bool>) {
-        let stop = async move {
-            // The guard `wait_for` returns is not Send: drop it here.
-            let _ = stopped.wait_for(|s| *s).await.map(|_| ());
-        };
-        tokio::pin!(stop);
+    /// Refreshes every `jwks_refresh_interval` until `stop` is cancelled.
+    pub async fn run_refresh(self: Arc<Self>, stop: CancellationToken) {
         loop {
             tokio::select! {
                 () = tokio::time::sleep(self.refresh_interval) => self.refresh(true).await,
-                () = &mut stop => return,
+                () = stop.cancelled() => return,
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod keys;
 pub mod policy;
 
 use std::{
+    future::Future,
     sync::Arc,
     task::{Context, Poll},
     time::Duration,
@@ -26,7 +27,7 @@ use std::{
 use futures_util::future::{BoxFuture, Either};
 use http::{HeaderMap, Request, Response};
 use jsonwebtoken::{errors::ErrorKind, Header, Validation};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 use tonic::{body::Body, Status};
 use tower::{Layer, Service};
 
@@ -237,11 +238,14 @@ impl Auth {
         }
     }
 
-    /// The periodic JWKS refresh, when keys come from a JWKS URL; it ends
-    /// when `stopped` turns true.
-    pub fn spawn_refresh(&self, stopped: watch::Receiver<bool>) -> Option<JoinHandle<()>> {
+    /// The periodic JWKS refresh, when keys come from a JWKS URL, for the
+    /// caller to run; it ends when `stop` is cancelled.
+    pub fn refresh_task(
+        &self,
+        stop: CancellationToken,
+    ) -> Option<impl Future<Output = ()> + Send + 'static> {
         match self.verifier.as_deref().map(|v| &v.keys) {
-            Some(Keys::Jwks(jwks)) => Some(tokio::spawn(Arc::clone(jwks).run_refresh(stopped))),
+            Some(Keys::Jwks(jwks)) => Some(Arc::clone(jwks).run_refresh(stop)),
             _ => None,
         }
     }

@@ -2,7 +2,7 @@
 //! wraps responses. No business rule lives here.
 
 use futures_util::StreamExt;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
 use super::{
@@ -20,18 +20,18 @@ use crate::{
 #[derive(Clone)]
 pub struct UserGrpc {
     users: UserService,
-    /// Turns true when the server stops accepting calls: endless streams
+    /// Cancelled when the server stops accepting calls: endless streams
     /// (WatchUsers) end so clients move to another replica.
-    draining: watch::Receiver<bool>,
-    /// Turns true when the shutdown timeout has passed: every stream ends.
-    aborting: watch::Receiver<bool>,
+    draining: CancellationToken,
+    /// Cancelled when the shutdown timeout has passed: every stream ends.
+    aborting: CancellationToken,
 }
 
 impl UserGrpc {
     pub fn new(
         users: UserService,
-        draining: watch::Receiver<bool>,
-        aborting: watch::Receiver<bool>,
+        draining: CancellationToken,
+        aborting: CancellationToken,
     ) -> Self {
         Self {
             users,

@@ -9,7 +9,8 @@
 use std::pin::Pin;
 
 use futures_util::{stream, Stream, StreamExt};
-use tokio::{sync::watch, time::Instant};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 /// A boxed response stream, as the generated server traits want.
@@ -24,13 +25,13 @@ pub fn deadline(extensions: &http::Extensions) -> Option<Instant> {
         .and_then(|d| d.client)
 }
 
-/// Ends `inner` at `deadline` (DEADLINE_EXCEEDED), when `stop` turns true
+/// Ends `inner` at `deadline` (DEADLINE_EXCEEDED), when `stop` is cancelled
 /// (UNAVAILABLE: the client should reconnect, to another replica), or after
 /// the first error it yields.
 pub fn bounded<T, S>(
     inner: S,
     deadline: Option<Instant>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> ResponseStream<T>
 where
     T: Send + 'static,
@@ -39,7 +40,7 @@ where
     struct State<S> {
         inner: Pin<Box<S>>,
         deadline: Option<Instant>,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
         done: bool,
     }
 
@@ -63,11 +64,7 @@ where
         let item = tokio::select! {
             biased;
             () = expired => Err(Status::deadline_exceeded("deadline exceeded while streaming")),
-            stopped = st.stop.wait_for(|stop| *stop) => match stopped {
-                Ok(_) => Err(Status::unavailable("server is shutting down; reconnect")),
-                // The server dropped its sender: it is gone, same thing.
-                Err(_) => Err(Status::unavailable("server is shutting down; reconnect")),
-            },
+            () = st.stop.cancelled() => Err(Status::unavailable("server is shutting down; reconnect")),
             next = st.inner.next() => next?,
         };
         st.done = item.is_err();
@@ -83,9 +80,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn ends_with_deadline_exceeded() {
-        let (_tx, rx) = watch::channel(false);
         let forever = stream::pending::<Result<u8, Status>>();
-        let mut s = bounded(forever, Some(Instant::now() + Duration::from_secs(1)), rx);
+        let deadline = Some(Instant::now() + Duration::from_secs(1));
+        let mut s = bounded(forever, deadline, CancellationToken::new());
         let err = s.next().await.unwrap().unwrap_err();
         assert_eq!(err.code(), tonic::Code::DeadlineExceeded);
         assert!(s.next().await.is_none());
@@ -93,18 +90,19 @@ mod tests {
 
     #[tokio::test]
     async fn ends_with_unavailable_on_stop_and_after_errors() {
-        let (tx, rx) = watch::channel(false);
-        let mut s = bounded(stream::pending::<Result<u8, Status>>(), None, rx);
-        tx.send_replace(true);
+        let stop = CancellationToken::new();
+        let mut s = bounded(stream::pending::<Result<u8, Status>>(), None, stop.clone());
+        stop.cancel();
         assert_eq!(
             s.next().await.unwrap().unwrap_err().code(),
             tonic::Code::Unavailable
         );
         assert!(s.next().await.is_none());
 
-        let (_tx, rx) = watch::channel(false);
         let items = stream::iter(vec![Ok(1u8), Err(Status::internal("x")), Ok(2)]);
-        let got: Vec<_> = bounded(items, None, rx).collect().await;
+        let got: Vec<_> = bounded(items, None, CancellationToken::new())
+            .collect()
+            .await;
         assert_eq!(got.len(), 2, "nothing after the first error");
     }
 }

@@ -10,7 +10,7 @@
 use std::{sync::OnceLock, time::Duration};
 
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use tokio::{sync::watch, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 pub const GRPC_STARTED: &str = "grpc_server_started_total";
 pub const GRPC_HANDLED: &str = "grpc_server_handled_total";
@@ -129,18 +129,15 @@ fn describe() {
 }
 
 /// Drains histogram samples into buckets every few seconds until `stop`
-/// turns true. Rendering also does this, but without scrapes the samples
+/// is cancelled. Rendering also does this, but without scrapes the samples
 /// would pile up in memory.
-pub fn spawn_upkeep(mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let Some(handle) = install() else { return };
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep(UPKEEP_INTERVAL) => handle.run_upkeep(),
-                _ = stop.wait_for(|s| *s) => return,
-            }
+pub async fn upkeep(handle: &'static PrometheusHandle, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(UPKEEP_INTERVAL) => handle.run_upkeep(),
+            () = stop.cancelled() => return,
         }
-    })
+    }
 }
 
 /// `user_service_log_lines_dropped_total`, read at scrape time from the log
