@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PYTEST="$PWD/.tools/cluster-venv/bin/pytest"
 [ -x "$PYTEST" ] || { echo "ERROR: $PYTEST is missing: run scripts/install-test-deps.sh" >&2; exit 1; }
 export PATH="$PWD/.tools/bin:$PATH"
-for tool in helm grpcurl promtool prometheus psql; do
+for tool in helm grpcurl psql; do
   command -v "$tool" >/dev/null 2>&1 || { echo "ERROR: $tool is missing: run scripts/install-test-deps.sh" >&2; exit 1; }
 done
 

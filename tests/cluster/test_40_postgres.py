@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from kube import (
+    assert_nothing_left,
     BRIDGE_IP, CHART, FIGURES, IMAGE_VALUES, PortForward, grpcurl, helm, kubectl_json, mint_token,
     namespace, pods, release_selector, run, wait_all_ready,
 )
@@ -100,3 +101,4 @@ def test_two_replicas_share_the_database(database):
                                      token=token).stdout)
         assert got["email"] == "grace@example.com"
         helm("uninstall", REL, "-n", ns, "--wait", "--timeout", "2m")
+        assert_nothing_left(REL)

@@ -19,6 +19,7 @@ import time
 import pytest
 
 from kube import (
+    assert_nothing_left,
     CHART, FIGURES, IMAGE_VALUES, K8S_BIN, KUBECONFIG, helm, kubectl, kubectl_json, log, mint_token,
     namespace, pods, release_selector, wait_all_ready, wait_until,
 )
@@ -174,4 +175,4 @@ def test_rolling_upgrade_under_load():
         # deletionTimestamp is the deadline: now + grace at deletion.
         assert t1 <= t0, "the container outlived terminationGracePeriodSeconds"
         helm("uninstall", REL, "-n", ns, "--wait", "--timeout", "2m")
-        kubectl_json("-n", ns, "get", "pods")
+        assert_nothing_left(REL)
