@@ -1,4 +1,4 @@
-"""Helpers for the chart tests on the local cluster (deploy/cluster).
+"""Shared functions of the chart tests on the local cluster (deploy/cluster).
 
 The cluster is started by scripts/test-cluster.sh (make cluster-up) and
 reached only through 127.0.0.1: the API server, `kubectl port-forward`, and
