@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "user-service"

@@ -13,7 +13,7 @@ import urllib.request
 import pytest
 
 from kube import (
-    CHART, FIGURES, IMAGE_VALUES, PortForward, assert_nothing_left, grpcurl, helm, kubectl, kubectl_json, mint_token,
+    CHART, FIGURES, IMAGE_VALUES, PortForward, assert_nothing_left, grpcurl, helm, kubectl_json, mint_token,
     namespace, pods, ready, release_selector, wait_all_ready,
 )
 

@@ -12,18 +12,16 @@ terminationGracePeriodSeconds.
 """
 
 import json
+import os
 import subprocess
 import threading
 import time
 
-import pytest
-
 from kube import (
     assert_nothing_left,
-    CHART, FIGURES, IMAGE_VALUES, K8S_BIN, KUBECONFIG, helm, kubectl, kubectl_json, log, mint_token,
+    CHART, FIGURES, IMAGE_VALUES, K8S_BIN, KUBECONFIG, helm, kubectl, mint_token,
     namespace, pods, release_selector, wait_all_ready, wait_until,
 )
-import os
 
 NS = "it-rollout"
 REL = "roll"
