@@ -16,8 +16,11 @@ for tool in helm grpcurl psql; do
 done
 
 start=$SECONDS
-# Stopped on every exit, a failed test or Ctrl-C included.
+# Stopped on every exit, a failed test or Ctrl-C included: the signals
+# become an ordinary exit, so the EXIT trap runs for them too.
 trap 'deploy/cluster/stop.sh' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 kubeconfig_line=$(deploy/cluster/up.sh | tail -n 1)
 export KUBECONFIG="${kubeconfig_line#export KUBECONFIG=}"
 echo "==> cluster up in $((SECONDS - start)) s"

@@ -105,5 +105,5 @@ if [ -e "$S/sysctls.saved" ]; then
 fi
 
 # 9. Data goes; logs stay for a look after a failed run.
-rm -rf "$S"/{etcd,containerd,cni,kubelet,pod-logs,pids,coredns,pki}
+rm -rf "$S"/{etcd,containerd,cni,kubelet,pod-logs,pids,coredns,pki} "$S/kube-proxy.yaml"
 log "cluster stopped (logs in $LOGS)"
