@@ -44,7 +44,7 @@ proto-release:
 clean-tools:
 	rm -rf .tools
 
-# A single-node Kubernetes on this machine (root; deploy/cluster/README.md,
+# A single-node Kubernetes on this machine (root; deploy/cluster/,
 # docs/cluster.md): built once into ${XDG_CACHE_HOME:-$$HOME/.cache}/user-service,
 # left running with the working tree's image as user-service:dev. The last
 # line printed is the export KUBECONFIG=... to use.

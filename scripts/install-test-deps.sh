@@ -30,6 +30,10 @@ GO_TOOLCHAIN_VERSION=1.26.8
 TOOLS="$PWD/.tools"
 TOOLS_BIN="$TOOLS/bin"
 export PATH="$TOOLS_BIN:$TOOLS/go/bin:$PATH"
+# Prometheus for the cluster tests' kubernetes_sd scrape: Debian's 2.42 is
+# built without Kubernetes discovery. Module v0.316.0 is Prometheus 3.16.0.
+PROMETHEUS_MODULE_VERSION=v0.316.0
+PROMETHEUS_VERSION=3.16.0
 
 log() { printf '==> %s\n' "$*"; }
 die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
@@ -165,5 +169,19 @@ bench/install-deps.sh
 # plugins, umoci, iptables, conntrack from Debian. Kubernetes itself is
 # built (and cached) by deploy/cluster/build.sh when the cluster starts.
 deploy/cluster/install-deps.sh
+# Prometheus with Kubernetes discovery only (remove_all_sd drops the cloud
+# SDKs it would otherwise compile), built once into the user cache; the
+# cluster tests call it by this path, Debian's prometheus stays the one in
+# PATH for everything else.
+prom_root="${XDG_CACHE_HOME:-$HOME/.cache}/user-service/prometheus-$PROMETHEUS_VERSION"
+if [ ! -x "$prom_root/bin/prometheus" ]; then
+  command -v go >/dev/null 2>&1 || { echo "go is needed to build Prometheus $PROMETHEUS_VERSION" >&2; exit 1; }
+  log "go install prometheus $PROMETHEUS_VERSION (kubernetes_sd only)"
+  v=github.com/prometheus/common/version
+  GOBIN="$prom_root/bin" GOFLAGS=-mod=mod go install -p 2 -trimpath \
+    -tags netgo,remove_all_sd,enable_kubernetes_sd \
+    -ldflags "-s -w -X $v.Version=$PROMETHEUS_VERSION -X $v.Branch=release -X $v.Revision=$PROMETHEUS_MODULE_VERSION" \
+    "github.com/prometheus/prometheus/cmd/prometheus@$PROMETHEUS_MODULE_VERSION"
+fi
 
 log "test dependencies ready"

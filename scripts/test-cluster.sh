@@ -11,13 +11,16 @@ cd "$(dirname "$0")/.."
 PYTEST="$PWD/.tools/venv/bin/pytest"
 [ -x "$PYTEST" ] || { echo "ERROR: $PYTEST is missing: run scripts/install-test-deps.sh" >&2; exit 1; }
 export PATH="$PWD/.tools/bin:$PATH"
-for tool in helm grpcurl promtool prometheus psql; do
+for tool in helm grpcurl psql; do
   command -v "$tool" >/dev/null 2>&1 || { echo "ERROR: $tool is missing: run scripts/install-test-deps.sh" >&2; exit 1; }
 done
 
 start=$SECONDS
-# Stopped on every exit, a failed test or Ctrl-C included.
+# Stopped on every exit, a failed test or Ctrl-C included: the signals
+# become an ordinary exit, so the EXIT trap runs for them too.
 trap 'deploy/cluster/stop.sh' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 kubeconfig_line=$(deploy/cluster/up.sh | tail -n 1)
 export KUBECONFIG="${kubeconfig_line#export KUBECONFIG=}"
 echo "==> cluster up in $((SECONDS - start)) s"

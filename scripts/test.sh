@@ -37,7 +37,7 @@ scripts/test-deploy.sh
 
 echo "==> the chart on a local cluster (install, probes, helm test, upgrade under load, uninstall)"
 # Builds Kubernetes once into ${XDG_CACHE_HOME:-$HOME/.cache}/user-service
-# (~25 min cold on 2 cores), then starts, tests and stops the cluster.
+# (~20 min cold on 2 cores), then starts, tests and stops the cluster.
 scripts/test-cluster.sh
 
 echo "==> all tests passed"

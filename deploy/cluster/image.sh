@@ -108,7 +108,7 @@ app_image() {
   # distroless cc: glibc, libgcc_s, the loader; whatever ldd lists for
   # either binary, copied to the same paths.
   local lib
-  for lib in $(ldd "$bin" "$ctl" | awk '$1 ~ /^\// {print $1} $3 ~ /^\// {print $3}' | sort -u); do
+  for lib in $({ ldd "$bin"; ldd "$ctl"; } | awk '$1 ~ /^\// {print $1} $3 ~ /^\// {print $3}' | sort -u); do
     mkdir -p "$ROOTFS$(dirname "$lib")"
     cp -L "$lib" "$ROOTFS$lib"
   done

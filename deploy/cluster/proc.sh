@@ -15,13 +15,36 @@ alive() {
   [ "$(readlink "/proc/$pid/exe" 2>/dev/null)" = "$exe" ]
 }
 
-# spawn NAME BINARY ARGS... : start a daemon in the background, log to
+# spawn NAME BINARY ARGS... : start a daemon in the background, in a
+# session of its own (a Ctrl-C meant for make or the tests must not kill
+# it half-way: stop.sh takes everything down in order), log to
 # $LOGS/NAME.log, record its PID next to the binary's path
 spawn() {
-  local name=$1 bin=$2; shift 2
+  local name=$1 bin=$2 pid i; shift 2
   mkdir -p "$PIDS" "$LOGS"
-  "$bin" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
-  printf '%s %s\n' "$!" "$(readlink -f "$bin")" >"$PIDS/$name.pid"
+  rm -f "$PIDS/$name.pid.new"
+  # The shell writes its own PID, then becomes the daemon (exec).
+  # shellcheck disable=SC2016 # expanded by that shell
+  setsid bash -c 'echo $$ >"$0"; exec "$@"' "$PIDS/$name.pid.new" "$bin" "$@" </dev/null >>"$LOGS/$name.log" 2>&1 &
+  for ((i = 0; i < 50; i++)); do
+    [ -s "$PIDS/$name.pid.new" ] && break
+    sleep 0.1
+  done
+  read -r pid <"$PIDS/$name.pid.new" || die "$name did not start"
+  rm -f "$PIDS/$name.pid.new"
+  printf '%s %s\n' "$pid" "$(readlink -f "$bin")" >"$PIDS/$name.pid"
+}
+
+# kill_kubepods : SIGKILL every process left in the kubelet's cgroups.
+# start.sh refuses to run when a kubepods cgroup exists, so whatever is in
+# them is a container of this cluster (also when containerd died first).
+kill_kubepods() {
+  local f pid
+  for f in $(find /sys/fs/cgroup/*/kubepods /sys/fs/cgroup/kubepods -name cgroup.procs 2>/dev/null); do
+    while read -r pid; do
+      kill -KILL "$pid" 2>/dev/null || true
+    done <"$f"
+  done
 }
 
 # stop_recorded NAME [SECONDS] : TERM, then KILL after SECONDS

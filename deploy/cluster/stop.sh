@@ -46,6 +46,11 @@ for p in /proc/[0-9]*; do
   esac
 done
 
+# Anything still in the kubelet's cgroups (containerd gone before its
+# containers, say).
+kill_kubepods
+sleep 0.5
+
 # 3. The daemons, last started first.
 for d in coredns kube-proxy containerd kube-scheduler kube-controller-manager kube-apiserver etcd; do
   stop_recorded "$d" 15
@@ -90,6 +95,8 @@ rm -f "$S/bridge.created"
 
 # 7. The kubelet's cgroups (cgroupfs driver: kubepods in each hierarchy),
 # deepest first. They are empty once the containers are gone.
+kill_kubepods
+sleep 0.5
 for root in /sys/fs/cgroup/*/ /sys/fs/cgroup/; do
   [ -d "${root}kubepods" ] || continue
   find "${root}kubepods" -depth -type d -exec rmdir {} \; 2>/dev/null || true
@@ -105,5 +112,5 @@ if [ -e "$S/sysctls.saved" ]; then
 fi
 
 # 9. Data goes; logs stay for a look after a failed run.
-rm -rf "$S"/{etcd,containerd,cni,kubelet,pod-logs,pids,coredns,pki}
+rm -rf "$S"/{etcd,containerd,cni,kubelet,pod-logs,pids,coredns,pki} "$S/kube-proxy.yaml"
 log "cluster stopped (logs in $LOGS)"

@@ -1,4 +1,4 @@
-"""Helpers for the chart tests on the local cluster (deploy/cluster).
+"""Shared functions of the chart tests on the local cluster (deploy/cluster).
 
 The cluster is started by scripts/test-cluster.sh (make cluster-up) and
 reached only through 127.0.0.1: the API server, `kubectl port-forward`, and
@@ -20,7 +20,6 @@ import threading
 import time
 from pathlib import Path
 
-import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "user-service"
@@ -204,8 +203,39 @@ def mint_token(ns: str, workload: str, sub: str, *roles: str) -> str:
 
 @contextlib.contextmanager
 def namespace(name: str):
+    # A namespace of an earlier run may still be terminating.
+    kubectl("wait", "--for=delete", f"namespace/{name}", "--timeout=120s", check=False, quiet=True)
     kubectl("create", "namespace", name)
     try:
         yield name
     finally:
         kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# Everything a release could leave behind (the issue's list, and the rest
+# of what the chart renders).
+LEFTOVER_KINDS = "all,cm,secret,pdb,hpa,networkpolicy,serviceaccount,role,rolebinding,job"
+
+
+def assert_nothing_left(release: str, extra_kinds: str = "", timeout: float = 90) -> None:
+    """After `helm uninstall`: only the `helm test` pod may remain (Helm
+    never deletes hook resources; NOTES.txt says to delete it with
+    kubectl, which this does), and the release's pods finish terminating;
+    then nothing labelled with the release, nor its release records."""
+    kinds = LEFTOVER_KINDS + ("," + extra_kinds if extra_kinds else "")
+
+    def left():
+        names = kubectl("get", kinds, "-A", "-l", f"app.kubernetes.io/instance={release}", "-o", "name",
+                        quiet=True).stdout.split()
+        return names + kubectl("get", "secret", "-A", "-l", f"owner=helm,name={release}", "-o", "name",
+                               quiet=True).stdout.split()
+
+    tests = kubectl("get", "pods", "-A", "-l", f"app.kubernetes.io/instance={release},app.kubernetes.io/component=test",
+                    "-o", "jsonpath={range .items[*]}{.metadata.namespace}/{.metadata.name} {end}", quiet=True).stdout.split()
+    for t in tests:
+        ns, name = t.split("/")
+        kubectl("-n", ns, "delete", "pod", name, "--wait=true")
+    try:
+        wait_until(f"nothing left of {release}", lambda: not left(), timeout=timeout, interval=1)
+    except AssertionError:
+        raise AssertionError(f"left after helm uninstall of {release}: {left()}") from None

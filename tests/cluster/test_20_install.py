@@ -13,15 +13,13 @@ import urllib.request
 import pytest
 
 from kube import (
-    CHART, FIGURES, IMAGE_VALUES, PortForward, grpcurl, helm, kubectl, kubectl_json, mint_token,
+    CHART, FIGURES, IMAGE_VALUES, PortForward, assert_nothing_left, grpcurl, helm, kubectl_json, mint_token,
     namespace, pods, ready, release_selector, wait_all_ready,
 )
 
 NS = "it-install"
 REL = "users"
 NAME = "users-user-service"
-# Everything a release could leave behind (the list).
-KINDS = "all,cm,secret,pdb,hpa,networkpolicy,serviceaccount,role,rolebinding,job"
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +96,4 @@ def test_upgrade_rollback_uninstall_leaves_nothing(ns):
     assert [h["revision"] for h in history] == [1, 2, 3]
 
     helm("uninstall", REL, "-n", ns, "--wait", "--timeout", "2m")
-    left = kubectl("get", KINDS, "-A", "-l", f"app.kubernetes.io/instance={REL}", "-o", "name").stdout.split()
-    # Helm's release records are Secrets labelled owner=helm, name=REL.
-    left += kubectl("get", "secret", "-A", "-l", f"owner=helm,name={REL}", "-o", "name").stdout.split()
-    assert left == [], f"left after helm uninstall: {left}"
+    assert_nothing_left(REL)

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from kube import (
-    BRIDGE_IP, CHART, FIGURES, IMAGE_VALUES, PortForward, grpcurl, helm, kubectl_json, mint_token,
-    namespace, pods, release_selector, run, wait_all_ready,
+    assert_nothing_left,
+    BRIDGE_IP, CHART, FIGURES, IMAGE_VALUES, PortForward, grpcurl, helm, kubectl, kubectl_json, mint_token,
+    log, namespace, pods, release_selector, run, wait_all_ready,
 )
 
 NS = "it-postgres"
@@ -99,4 +100,23 @@ def test_two_replicas_share_the_database(database):
             got = json.loads(grpcurl(pb.addr(50051), "user.v1.UserService/GetUser", {"user_id": uid},
                                      token=token).stdout)
         assert got["email"] == "grace@example.com"
+
+        # `kubectl drain` honours the PodDisruptionBudget (maxUnavailable 1):
+        # on this one node the evicted pod's replacement cannot be scheduled
+        # (cordoned), so the second eviction is refused until uncordon.
+        node = kubectl_json("get", "nodes")["items"][0]["metadata"]["name"]
+        try:
+            p = kubectl("drain", node, "--pod-selector", f"app.kubernetes.io/instance={REL}",
+                        "--ignore-daemonsets", "--timeout=20s", check=False, timeout=60)
+            log("drain: " + " | ".join(p.stderr.strip().splitlines()[-2:]))
+            assert kubectl_json("get", "node", node)["spec"].get("unschedulable") is True
+            assert p.returncode != 0, "drain evicted both replicas despite the PDB"
+            assert "disruption budget" in p.stderr, p.stderr[-1000:]
+            running = [x for x in pods(ns, release_selector(REL)) if x["metadata"].get("deletionTimestamp") is None
+                       and x["status"].get("phase") == "Running"]
+            assert len(running) == 1, f"{len(running)} replicas running during the drain"
+        finally:
+            kubectl("uncordon", node)
+        wait_all_ready(ns, REL, 2)
         helm("uninstall", REL, "-n", ns, "--wait", "--timeout", "2m")
+        assert_nothing_left(REL)

@@ -10,6 +10,7 @@ import secrets
 import tempfile
 
 from kube import (
+    assert_nothing_left,
     CHART, IMAGE_VALUES, REPO, PortForward, grpcurl, helm, kubectl, kubectl_json, namespace, run,
     wait_all_ready,
 )
@@ -59,3 +60,4 @@ def test_existing_secret_is_used():
             p = grpcurl(addr, "user.v1.UserService/ListUsers", {"page_size": 10}, token=bad, check=False)
             assert p.returncode != 0 and "Unauthenticated" in p.stderr
         helm("uninstall", REL, "-n", ns, "--wait", "--timeout", "2m")
+        assert_nothing_left(REL)
