@@ -103,8 +103,10 @@ def test_rolling_upgrade_under_load():
                                 env=dict(os.environ, KUBECONFIG=KUBECONFIG))
         watch = PodWatch(ns, old_name)
         watch.start()
+        # --once: end with the status the draining pod sends (the default
+        # follows, and would meet the new pod's fresh memory store instead).
         watcher = subprocess.Popen(
-            [str(K8S_BIN / "kubectl"), "-n", ns, "exec", "client", "--", "/userctl", "--timeout", "10m", "watch"],
+            [str(K8S_BIN / "kubectl"), "-n", ns, "exec", "client", "--", "/userctl", "--timeout", "10m", "watch", "--once"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, KUBECONFIG=KUBECONFIG))
 
         results: list[tuple[float, int, str]] = []

@@ -147,6 +147,20 @@ async fn userctl_watch_since_a_revision_the_server_does_not_have_fails_clearly()
     assert!(err.contains("newer than the latest revision 0"), "{err}");
 }
 
+#[tokio::test]
+async fn userctl_watch_once_ends_with_the_status_of_a_draining_server() {
+    let mut app = spawn_app().await;
+    let addr = format!("http://{}", app.grpc_addr);
+    let watcher = tokio::spawn(async move { userctl(&addr, &["watch", "--once"], None).await });
+    // Let the watch open, then start the shutdown: draining ends it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let server = app.begin_shutdown();
+    let (ok, _, err) = watcher.await.unwrap();
+    assert!(!ok, "the watch ended with the server, not by itself");
+    assert!(err.to_lowercase().contains("unavailable"), "{err}");
+    server.await.unwrap();
+}
+
 /// `follow_users` resumes by itself: a watcher that falls behind (a
 /// one-event buffer and a burst of writes while it cannot run) is ended by
 /// the server with RESOURCE_EXHAUSTED, and the stream goes on with every

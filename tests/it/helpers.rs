@@ -26,25 +26,45 @@ pub struct TestApp {
     task: Option<JoinHandle<()>>,
 }
 
-/// The `userctl` binary of this build. It belongs to the client crate
-/// (`crates/user-service-client`), so cargo does not hand this package its
-/// path; `cargo test` from the workspace root builds it into the same
-/// target directory as this test binary (`target/<profile>/deps/..`).
+/// The `userctl` binary, built from this checkout. It belongs to the client
+/// crate (`crates/user-service-client`), so cargo does not build it for
+/// this package's tests nor hand them its path: the first caller runs
+/// `cargo build` for it (a no-op when it is fresh) into this test binary's
+/// target directory, so `cargo test --test it` never runs a stale one.
 pub fn userctl() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test binary lives in target/<profile>/deps");
-    let path = dir.join(format!("userctl{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        path.exists(),
-        "{} is missing: run the tests from the workspace root with plain \
-         `cargo test` (it builds the client crate's userctl too), or \
-         `cargo build -p user-service-client` first",
-        path.display()
-    );
-    path
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let exe = std::env::current_exe().expect("test binary path");
+            // target/<profile>/deps/it-<hash>
+            let profile_dir = exe
+                .parent()
+                .and_then(|deps| deps.parent())
+                .expect("test binary lives in target/<profile>/deps");
+            let target_dir = profile_dir.parent().expect("target directory");
+            let mut build = std::process::Command::new(env!("CARGO"));
+            build
+                .args([
+                    "build",
+                    "--quiet",
+                    "-p",
+                    "user-service-client",
+                    "--bin",
+                    "userctl",
+                ])
+                .env("CARGO_TARGET_DIR", target_dir)
+                .current_dir(env!("CARGO_MANIFEST_DIR"));
+            if profile_dir.ends_with("release") {
+                build.arg("--release");
+            }
+            let status = build.status().expect("run cargo build for userctl");
+            assert!(
+                status.success(),
+                "cargo build -p user-service-client failed"
+            );
+            profile_dir.join(format!("userctl{}", std::env::consts::EXE_SUFFIX))
+        })
+        .clone()
 }
 
 /// Settings for tests: loopback, ephemeral ports, a short drain, cheap

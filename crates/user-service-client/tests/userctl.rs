@@ -1,9 +1,6 @@
 //! `userctl` on its own, no server needed: what a user sees when the
 //! address is wrong or the arguments are. (Calls against a real server are
 //! in the server's integration tests, tests/it/client.rs.)
-//!
-//! Being an integration test of this package also makes plain `cargo test`
-//! build the `userctl` binary the server's tests run.
 
 use std::process::Command;
 

@@ -87,6 +87,11 @@ enum Cmd {
         /// of the last line a previous run printed); 0 = live only.
         #[arg(long, default_value_t = 0)]
         since: u64,
+        /// End with the server's status when it ends the watch (e.g.
+        /// UNAVAILABLE while it drains) instead of reconnecting and
+        /// resuming from the last revision.
+        #[arg(long)]
+        once: bool,
     },
 }
 
@@ -186,8 +191,16 @@ async fn run(cli: Cli) -> Result<(), ClientError> {
                 println!("{}", user_json(&user?));
             }
         }
-        Cmd::Watch { ids, since } => {
-            let events = client.follow_users(ids, since);
+        Cmd::Watch { ids, since, once } => {
+            let events = if once {
+                futures_util::future::Either::Left(
+                    client
+                        .watch_users_since(ids, since, Some(cli.timeout))
+                        .await?,
+                )
+            } else {
+                futures_util::future::Either::Right(client.follow_users(ids, since))
+            };
             futures_util::pin_mut!(events);
             while let Some(event) = events.next().await {
                 let event = event?;
