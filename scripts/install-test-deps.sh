@@ -36,6 +36,8 @@ PROMETHEUS_MODULE_VERSION=v0.316.0
 PROMETHEUS_VERSION=3.16.0
 
 log() { printf '==> %s\n' "$*"; }
+# shellcheck source=scripts/lib/apt.sh
+source scripts/lib/apt.sh
 die() { printf 'ERROR: %s\n' "$*" >&2; exit 1; }
 
 need_apt=()
@@ -47,27 +49,11 @@ command -v python3 >/dev/null 2>&1 && python3 -c 'import venv, ensurepip' 2>/dev
 
 if [ "${#need_apt[@]}" -gt 0 ]; then
   log "apt-get install ${need_apt[*]}"
-  # Package scripts must not start daemons: tests start their own
-  # PostgreSQL cluster and Prometheus on free loopback ports.
-  policy=/usr/sbin/policy-rc.d
-  created_policy=0
-  if [ ! -e "$policy" ]; then
-    printf '#!/bin/sh\nexit 101\n' >"$policy"
-    chmod +x "$policy"
-    created_policy=1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  [ "$created_policy" = 1 ] && rm -f "$policy"
-  # The prometheus package we just installed would otherwise start its
-  # daemon at the next boot; keep it off (nothing running is stopped).
+  apt_install_quietly "${need_apt[@]}"
+  # The prometheus package would otherwise start its daemon at the next
+  # boot; keep it off.
   if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then
-    if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
-      systemctl disable prometheus >/dev/null 2>&1 || true
-    elif command -v update-rc.d >/dev/null 2>&1; then
-      update-rc.d prometheus disable >/dev/null 2>&1 || true
-    fi
+    disable_at_boot prometheus
   fi
 fi
 
