@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   cargo run --release     run the service (in-memory store, ports 50051/8080)
 #   make test               install test tools and run every test
-.PHONY: run test lint fmt build release bench bench-smoke bench-ghz clean-tools proto-release cluster-up cluster-down test-cluster
+.PHONY: run test lint fmt build release bench bench-smoke bench-ghz clean-tools proto-release soak cluster-up cluster-down test-cluster
 
 run:
 	cargo run --release
@@ -31,6 +31,12 @@ bench:
 # renders (into a temporary directory). Checks, not speeds.
 bench-smoke:
 	BENCH_COMMAND="make bench-smoke" python3 bench/bench.py --smoke
+
+# Ten minutes per store (memory, PostgreSQL) at half of the measured
+# GetUser capacity: RSS and open fds must stay flat (bench/soak.py; the
+# latest figures are in RELIABILITY.md). SOAK_ARGS="--minutes 2" to shorten.
+soak:
+	pg_virtualenv -t python3 bench/soak.py $(SOAK_ARGS)
 
 # The older ghz scenarios against this service alone (CreateUser, health).
 bench-ghz:
