@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   cargo run --release     run the service (in-memory store, ports 50051/8080)
 #   make test               install test tools and run every test
-.PHONY: run test lint fmt build release bench bench-smoke bench-ghz clean-tools proto-release soak cluster-up cluster-down test-cluster
+.PHONY: run test lint fmt build release fuzz bench bench-smoke bench-ghz clean-tools proto-release soak cluster-up cluster-down test-cluster
 
 run:
 	cargo run --release
@@ -21,6 +21,12 @@ lint:
 
 fmt:
 	cargo fmt --all
+
+# The cargo-fuzz targets (fuzz/, RELIABILITY.md "Fuzzing"), each for
+# FUZZ_SECONDS (default 60); fails if any crashes. Needs the nightly
+# toolchain; installs cargo-fuzz into the user cache. Not part of make test.
+fuzz:
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) fuzz/run.sh
 
 # The comparison harness (bench/README.md): rewrites the generated section
 # of BENCHMARKS.md and bench/results/. BENCH_ARGS=--rounds 5 for more rounds.

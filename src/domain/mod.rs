@@ -17,7 +17,8 @@ pub use error::{DomainError, FieldViolation, ValidationError};
 pub use password::{Password, PasswordHasher};
 pub use ports::{check_revision, PoolStats, StoreError, StoreHealth, UserStore};
 pub use service::{
-    BulkOutcome, CreateUser, RequestedStatus, UpdateUser, UserService, UserServiceLimits,
+    list_position, watch_ids, BulkOutcome, CreateUser, RequestedStatus, UpdateUser, UserService,
+    UserServiceLimits,
 };
 pub use user::{
     now, Email, EventKind, NewUser, User, UserEvent, UserId, UserName, UserPatch, UserStatus,

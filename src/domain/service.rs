@@ -64,6 +64,57 @@ pub struct UpdateUser {
     pub paths: Vec<String>,
 }
 
+impl UpdateUser {
+    /// The id and the patch, or every violation at once: what `update`
+    /// checks before it looks at the caller or the store.
+    pub fn validate(&self) -> Result<(UserId, UserPatch), ValidationError> {
+        let mut errors = ValidationError::default();
+        let id = errors.check(UserId::parse("user_id", &self.user_id));
+        let patch = errors.check(patch_from(self));
+        match (id, patch) {
+            (Some(id), Some(patch)) => Ok((id, patch)),
+            _ => Err(errors),
+        }
+    }
+}
+
+/// `ListUsers`' request checked: the id to list after (the page token) and
+/// how many users at most (`usize::MAX` for a page size of 0).
+pub fn list_position(
+    page_size: i32,
+    page_token: &str,
+) -> Result<(Option<UserId>, usize), ValidationError> {
+    let mut errors = ValidationError::default();
+    if page_size < 0 {
+        errors.add("page_size", "must not be negative (0 means all users)");
+    }
+    let after = if page_token.is_empty() {
+        None
+    } else {
+        errors.check(UserId::parse("page_token", page_token).map_err(|_| {
+            ValidationError::single("page_token", "must be the id of the last user received")
+        }))
+    };
+    errors.into_result()?;
+    let remaining = match usize::try_from(page_size) {
+        Ok(0) | Err(_) => usize::MAX,
+        Ok(n) => n,
+    };
+    Ok((after, remaining))
+}
+
+/// `WatchUsers`' `user_ids` checked, every bad one reported by index.
+pub fn watch_ids(user_ids: &[String]) -> Result<HashSet<UserId>, ValidationError> {
+    let mut errors = ValidationError::default();
+    let ids: HashSet<UserId> = user_ids
+        .iter()
+        .enumerate()
+        .filter_map(|(i, raw)| errors.check(UserId::parse(&format!("user_ids[{i}]"), raw)))
+        .collect();
+    errors.into_result()?;
+    Ok(ids)
+}
+
 /// What hashing does when its queue is full.
 #[derive(Debug, Clone, Copy)]
 enum Queue {
@@ -220,12 +271,7 @@ impl UserService {
     /// Changes a user; `actor` must be that user or an admin, and only an
     /// admin may change the status.
     pub async fn update(&self, actor: &Actor, request: UpdateUser) -> Result<User, DomainError> {
-        let mut errors = ValidationError::default();
-        let id = errors.check(UserId::parse("user_id", &request.user_id));
-        let patch = errors.check(patch_from(&request));
-        let (Some(id), Some(patch)) = (id, patch) else {
-            return Err(errors.into());
-        };
+        let (id, patch) = request.validate()?;
         actor.check_access(id)?;
         if patch.status.is_some() {
             actor.check_status_change()?;
@@ -247,23 +293,7 @@ impl UserService {
         page_size: i32,
         page_token: &str,
     ) -> Result<impl Stream<Item = Result<User, DomainError>> + Send + 'static, DomainError> {
-        let mut errors = ValidationError::default();
-        if page_size < 0 {
-            errors.add("page_size", "must not be negative (0 means all users)");
-        }
-        let after = if page_token.is_empty() {
-            None
-        } else {
-            errors.check(UserId::parse("page_token", page_token).map_err(|_| {
-                ValidationError::single("page_token", "must be the id of the last user received")
-            }))
-        };
-        errors.into_result()?;
-
-        let remaining = match usize::try_from(page_size) {
-            Ok(0) | Err(_) => usize::MAX,
-            Ok(n) => n,
-        };
+        let (after, remaining) = list_position(page_size, page_token)?;
         let store = Arc::clone(&self.store);
         let batch = self.limits.list_batch.max(1);
         struct Cursor {
@@ -326,13 +356,7 @@ impl UserService {
         ),
         DomainError,
     > {
-        let mut errors = ValidationError::default();
-        let ids: HashSet<UserId> = user_ids
-            .iter()
-            .enumerate()
-            .filter_map(|(i, raw)| errors.check(UserId::parse(&format!("user_ids[{i}]"), raw)))
-            .collect();
-        errors.into_result()?;
+        let ids = watch_ids(user_ids)?;
 
         // Subscribe *before* reading the backlog: whatever commits after the
         // read is then in the receiver, whatever committed before it is in
@@ -555,6 +579,33 @@ mod tests {
 
     fn fields(err: ValidationError) -> Vec<String> {
         err.violations.into_iter().map(|v| v.field).collect()
+    }
+
+    #[test]
+    fn a_page_token_is_an_id_and_a_page_size_of_zero_is_all() {
+        let id = UserId::generate();
+        assert_eq!(
+            list_position(0, &id.to_string()).unwrap(),
+            (Some(id), usize::MAX)
+        );
+        assert_eq!(list_position(3, "").unwrap(), (None, 3));
+        let err = list_position(-1, "not-an-id").unwrap_err();
+        assert_eq!(fields(err), ["page_size", "page_token"]);
+    }
+
+    #[test]
+    fn watch_ids_are_reported_by_index() {
+        let id = UserId::generate().to_string();
+        assert_eq!(watch_ids(&[id.clone(), id.clone()]).unwrap().len(), 1);
+        let err = watch_ids(&[id, "x".into(), String::new()]).unwrap_err();
+        assert_eq!(fields(err), ["user_ids[1]", "user_ids[2]"]);
+    }
+
+    #[test]
+    fn update_validation_reports_the_id_and_the_patch_together() {
+        let mut request = update("", RequestedStatus::Unset, &["name"]);
+        request.user_id = "nope".into();
+        assert_eq!(fields(request.validate().unwrap_err()), ["user_id", "name"]);
     }
 
     #[test]

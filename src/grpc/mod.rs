@@ -3,7 +3,8 @@
 //! past this module.
 
 pub mod codes;
-mod convert;
+// Public for the fuzz targets (fuzz/), which run the same conversion.
+pub mod convert;
 pub mod max_age;
 pub mod middleware;
 mod service;
