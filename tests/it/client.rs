@@ -171,7 +171,7 @@ async fn userctl_watch_once_ends_with_the_status_of_a_draining_server() {
 async fn follow_users_resumes_from_the_last_revision() {
     use user_service::{
         domain::UserStore,
-        domain::{now, Email, NewUser, UserId, UserName, UserPatch, UserStatus},
+        domain::{now, UserName, UserPatch},
         store::MemoryStore,
     };
 
@@ -185,15 +185,7 @@ async fn follow_users_resumes_from_the_last_revision() {
     .await
     .unwrap();
     let user = store
-        .create(NewUser {
-            id: UserId::generate(),
-            email: Email::parse(&email("follow")).unwrap(),
-            name: UserName::parse("Follow").unwrap(),
-            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
-            status: UserStatus::Active,
-            roles: vec![],
-            created_at: now(),
-        })
+        .create(crate::helpers::new_user(&email("follow"), "Follow"))
         .await
         .unwrap();
     // A burst the server cannot forward as it happens: this test's runtime
@@ -222,26 +214,12 @@ async fn follow_users_resumes_from_the_last_revision() {
             burst.await
         }
     });
-    for _ in 0..20 {
-        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .expect("an event")
-            .unwrap()
-            .unwrap();
-        revisions.push(event.revision);
-    }
+    take_revisions(&mut events, 20, &mut revisions).await;
     early.await.unwrap();
 
     // After some events.
     burst(50).await;
-    for _ in 0..50 {
-        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
-            .await
-            .expect("an event")
-            .unwrap()
-            .unwrap();
-        revisions.push(event.revision);
-    }
+    take_revisions(&mut events, 50, &mut revisions).await;
     // The create was revision 1, before the watch.
     let expected: Vec<u64> = (2..=71).collect();
     assert_eq!(revisions, expected);
@@ -251,4 +229,19 @@ async fn follow_users_resumes_from_the_last_revision() {
             .is_err(),
         "no duplicates after the resume"
     );
+}
+
+/// The revisions of the next `count` events, each within 5 s.
+async fn take_revisions<S>(events: &mut S, count: usize, into: &mut Vec<u64>)
+where
+    S: futures_util::Stream<Item = Result<user_service_client::pb::UserEvent, ClientError>> + Unpin,
+{
+    for _ in 0..count {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event")
+            .unwrap()
+            .unwrap();
+        into.push(event.revision);
+    }
 }

@@ -434,3 +434,19 @@ pub async fn connect_small_window(addr: SocketAddr, window: u32) -> Channel {
         .await
         .expect("connect")
 }
+
+/// A user ready for a store's `create`, with a stand-in password hash (a
+/// well-formed argon2id PHC string: hashing for real would only slow the
+/// tests down).
+pub fn new_user(email: &str, name: &str) -> user_service::domain::NewUser {
+    use user_service::domain::{now, Email, NewUser, UserId, UserName, UserStatus};
+    NewUser {
+        id: UserId::generate(),
+        email: Email::parse(email).unwrap(),
+        name: UserName::parse(name).unwrap(),
+        password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+        status: UserStatus::Active,
+        roles: vec![],
+        created_at: now(),
+    }
+}

@@ -568,7 +568,7 @@ async fn the_migrate_subcommand_fails_clearly_when_the_database_is_unreachable()
 async fn a_statement_past_statement_timeout_is_unavailable_and_pool_stats_are_reported() {
     use user_service::{
         domain::StoreError,
-        domain::{now, Email, NewUser, UserId, UserName, UserPatch, UserStatus},
+        domain::{now, UserName, UserPatch},
         store,
     };
 
@@ -579,15 +579,7 @@ async fn a_statement_past_statement_timeout_is_unavailable_and_pool_stats_are_re
     let store = store::open(&settings.store).await.unwrap();
     pg::wait_until_ready(&store).await;
     let user = store
-        .create(NewUser {
-            id: UserId::generate(),
-            email: Email::parse("locked@example.com").unwrap(),
-            name: UserName::parse("Locked").unwrap(),
-            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
-            status: UserStatus::Active,
-            roles: vec![],
-            created_at: now(),
-        })
+        .create(crate::helpers::new_user("locked@example.com", "Locked"))
         .await
         .unwrap();
 
