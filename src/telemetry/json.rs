@@ -8,14 +8,18 @@
 //! per field) and looks at nothing but the event: spans cost it nothing
 //! unless an event is written inside them.
 
-use std::fmt::{self, Write as _};
+use std::{
+    cell::RefCell,
+    fmt::{self, Write as _},
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use tracing::{
     field::{Field, Visit},
     Event, Subscriber,
 };
 use tracing_subscriber::{
-    fmt::{format::Writer, time::FormatTime, FmtContext, FormatEvent, FormatFields},
+    fmt::{format::Writer, FmtContext, FormatEvent, FormatFields},
     registry::LookupSpan,
 };
 
@@ -56,60 +60,71 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         writer.write_str("{\"timestamp\":\"")?;
-        tracing_subscriber::fmt::time::SystemTime.format_time(&mut writer)?;
+        write_timestamp(&mut writer, SystemTime::now())?;
         let meta = event.metadata();
         write!(writer, "\",\"level\":\"{}\",\"target\":", meta.level())?;
         write_str(&mut writer, meta.target())?;
 
-        // The message first, for people reading raw lines.
-        let mut message = Fields {
-            out: &mut writer,
-            message: true,
-            result: Ok(()),
-        };
-        event.record(&mut message);
-        message.result?;
-
-        if let Some(span) = ctx.lookup_current() {
-            writer.write_str(",\"span\":")?;
-            write_str(&mut writer, span.name())?;
-        }
-        if let Some((trace_id, span_id)) = super::trace::current_ids() {
-            write!(
-                writer,
-                ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
-            )?;
-        }
-
+        let span = ctx.lookup_current().map(|span| span.name());
+        // One pass over the fields. `tracing`'s macros put `message` first,
+        // and readers of raw lines want it first, so the span and trace ids
+        // go right after it (or first, for an event without a message).
         let mut fields = Fields {
             out: &mut writer,
-            message: false,
+            context: Some((span, super::trace::current_ids())),
             result: Ok(()),
         };
         event.record(&mut fields);
+        fields.write_context();
         fields.result?;
         writer.write_str("}\n")
     }
 }
 
-/// Writes either the `message` field or every other field, as
-/// `,"key":value`.
+/// Writes every field as `,"key":value`, and the line's context (span
+/// name, trace and span ids) once, after `message`.
 struct Fields<'a, 'w> {
     out: &'a mut Writer<'w>,
-    /// true: only `message`; false: everything but it.
-    message: bool,
+    /// Not written yet.
+    context: Option<LineContext>,
     result: fmt::Result,
 }
 
+type LineContext = (
+    Option<&'static str>,
+    Option<(opentelemetry::TraceId, opentelemetry::SpanId)>,
+);
+
 impl Fields<'_, '_> {
+    fn write_context(&mut self) {
+        let Some((span, ids)) = self.context.take() else {
+            return;
+        };
+        if self.result.is_err() {
+            return;
+        }
+        if let Some(span) = span {
+            self.result = self
+                .out
+                .write_str(",\"span\":")
+                .and_then(|()| write_str(self.out, span));
+        }
+        if let (Ok(()), Some((trace_id, span_id))) = (&self.result, ids) {
+            self.result = write!(
+                self.out,
+                ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
+            );
+        }
+    }
+
     fn key(&mut self, field: &Field) -> bool {
         let name = field.name();
-        let wanted = if self.message {
-            name == "message"
-        } else {
-            // `log` crate records arrive with `log.*` metadata fields: noise.
-            !FIXED_KEYS.contains(&name) && !name.starts_with("log.")
-        };
+        let is_message = name == "message";
+        if !is_message {
+            self.write_context();
+        }
+        // `log` crate records arrive with `log.*` metadata fields: noise.
+        let wanted = is_message || (!FIXED_KEYS.contains(&name) && !name.starts_with("log."));
         if !wanted || self.result.is_err() {
             return false;
         }
@@ -195,26 +210,74 @@ struct Escaper<'a, W: fmt::Write>(&'a mut W);
 
 impl<W: fmt::Write> fmt::Write for Escaper<'_, W> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        // Only ASCII bytes ever need escaping, and a byte below 0x80 is
+        // always a character boundary, so scanning bytes is enough (and
+        // much cheaper than decoding characters).
         let mut plain = 0;
-        for (i, c) in s.char_indices() {
-            let escape: Option<&str> = match c {
-                '"' => Some("\\\""),
-                '\\' => Some("\\\\"),
-                '\n' => Some("\\n"),
-                '\r' => Some("\\r"),
-                '\t' => Some("\\t"),
-                c if (c as u32) < 0x20 => None,
+        for (i, &b) in s.as_bytes().iter().enumerate() {
+            let escape = match b {
+                b'"' => "\\\"",
+                b'\\' => "\\\\",
+                b'\n' => "\\n",
+                b'\r' => "\\r",
+                b'\t' => "\\t",
+                0..=0x1f => "",
                 _ => continue,
             };
             self.0.write_str(&s[plain..i])?;
-            match escape {
-                Some(e) => self.0.write_str(e)?,
-                None => write!(self.0, "\\u{:04x}", c as u32)?,
+            if escape.is_empty() {
+                write!(self.0, "\\u{:04x}", b)?;
+            } else {
+                self.0.write_str(escape)?;
             }
-            plain = i + c.len_utf8();
+            plain = i + 1;
         }
         self.0.write_str(&s[plain..])
     }
+}
+
+/// RFC 3339 in UTC with microseconds (`2026-01-02T03:04:05.123456Z`), as
+/// tracing-subscriber's `SystemTime` writes it. Everything up to the
+/// seconds changes once a second, so each thread keeps that part
+/// formatted and writes only the microseconds per line.
+fn write_timestamp(out: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
+    thread_local! {
+        /// (the second it is for, "YYYY-MM-DDTHH:MM:SS")
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since_epoch = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    SECOND.with(|cell| {
+        let mut cached = cell.borrow_mut();
+        if cached.0 != secs {
+            let t = i64::try_from(secs)
+                .ok()
+                .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok())
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+            let text = &mut cached.1;
+            text.clear();
+            write!(
+                text,
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            )?;
+            cached.0 = secs;
+        }
+        out.write_str(&cached.1)
+    })?;
+    let mut micros = since_epoch.subsec_micros();
+    let mut tail = *b".000000Z";
+    for digit in tail[1..7].iter_mut().rev() {
+        // `micros` < 1_000_000, so six digits hold it.
+        *digit = b'0' + (micros % 10) as u8;
+        micros /= 10;
+    }
+    out.write_str(std::str::from_utf8(&tail).map_err(|_| fmt::Error)?)
 }
 
 #[cfg(test)]
@@ -307,6 +370,62 @@ mod tests {
         let lines = lines(&buffer);
         assert_eq!(lines[0]["trace_id"].as_str().unwrap().len(), 32);
         assert!(lines[0].get("span").is_none());
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        let at = |secs: u64, micros: u64| {
+            let mut out = String::new();
+            let t = UNIX_EPOCH + std::time::Duration::from_micros(secs * 1_000_000 + micros);
+            write_timestamp(&mut out, t).unwrap();
+            out
+        };
+        assert_eq!(at(1_767_322_245, 123_456), "2026-01-02T02:50:45.123456Z");
+        // The cached second is replaced when the second changes.
+        assert_eq!(at(1_767_322_246, 7), "2026-01-02T02:50:46.000007Z");
+        assert_eq!(at(0, 999_999), "1970-01-01T00:00:00.999999Z");
+    }
+
+    #[test]
+    fn the_message_comes_first_then_the_trace_then_the_fields() {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonFormat::new())
+                .with_writer(buffer.clone()),
+        );
+        let call = crate::telemetry::trace::CallSpan::start("x", &http::HeaderMap::new(), Vec::new);
+        tracing::subscriber::with_default(subscriber, || {
+            let _guard = call.context().clone().attach();
+            tracing::info!(a = 1, b = "two", "hello");
+            tracing::info!(a = 1);
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let mut lines = text.lines();
+        let first = lines.next().unwrap();
+        let order: Vec<usize> = [
+            "\"timestamp\"",
+            "\"level\"",
+            "\"target\"",
+            "\"message\"",
+            "\"trace_id\"",
+            "\"span_id\"",
+            "\"a\"",
+            "\"b\"",
+        ]
+        .iter()
+        .map(|key| {
+            first
+                .find(key)
+                .unwrap_or_else(|| panic!("{key} missing: {first}"))
+        })
+        .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{first}");
+        // Without a message the ids still come, once.
+        let second = lines.next().unwrap();
+        assert_eq!(second.matches("\"trace_id\"").count(), 1, "{second}");
+        let value: Value = serde_json::from_str(second).unwrap();
+        assert_eq!(value["a"], 1);
     }
 
     #[test]
