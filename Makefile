@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   cargo run --release     run the service (in-memory store, ports 50051/8080)
 #   make test               install test tools and run every test
-.PHONY: run test lint fmt build release fuzz bench bench-smoke bench-ghz clean-tools proto-release soak cluster-up cluster-down test-cluster
+.PHONY: run test lint fmt build release fuzz bench bench-smoke bench-ghz profile clean-tools proto-release soak cluster-up cluster-down test-cluster
 
 run:
 	cargo run --release
@@ -37,6 +37,11 @@ bench:
 # renders (into a temporary directory). Checks, not speeds.
 bench-smoke:
 	BENCH_COMMAND="make bench-smoke" python3 bench/bench.py --smoke
+
+# A flame graph of the server under GetUser load (bench/profile.sh):
+# bench/results/flamegraph-$(PROFILE_MODE).png. Needs perf.
+profile:
+	bench/profile.sh $(or $(PROFILE_MODE),chart)
 
 # Ten minutes per store (memory, PostgreSQL) at half of the measured
 # GetUser capacity: RSS and open fds must stay flat (bench/soak.py; the

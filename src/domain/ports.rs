@@ -115,6 +115,13 @@ pub trait UserStore: StoreHealth {
     /// revision order. `RevisionOutOfRange` when any change after `after`
     /// is no longer retained, or `after` is beyond the latest revision.
     async fn changes_after(&self, after: u64, limit: usize) -> Result<Vec<UserEvent>, StoreError>;
+    /// Whether an operation may wait on something outside the process (a
+    /// database across the network) and so needs a time bound. An
+    /// in-process store answers or panics; bounding it would only cost a
+    /// timer per operation.
+    fn can_hang(&self) -> bool {
+        true
+    }
 }
 
 /// The operational face of a store: what readiness and the pool gauges

@@ -86,8 +86,9 @@ pub struct InstrumentedStore {
     inner: Arc<dyn UserStore>,
     /// `[operation][outcome]`, registered up front.
     latency: Vec<Vec<Histogram>>,
-    /// An operation not finished by then is abandoned as `Unavailable`.
-    bound: Duration,
+    /// An operation not finished by then is abandoned as `Unavailable`;
+    /// `None` for a store that cannot hang (`UserStore::can_hang`).
+    bound: Option<Duration>,
 }
 
 impl InstrumentedStore {
@@ -115,6 +116,7 @@ impl InstrumentedStore {
                     .collect()
             })
             .collect();
+        let bound = inner.can_hang().then_some(bound);
         Arc::new(Self {
             inner,
             latency,
@@ -133,13 +135,15 @@ impl InstrumentedStore {
         let mut span = ChildSpan::start(op.span_name(), || {
             vec![KeyValue::new("store.operation", op.name())]
         });
-        let result = match tokio::time::timeout(self.bound, fut).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "{} got no answer within {:?}",
-                op.name(),
-                self.bound
-            ))),
+        let result = match self.bound {
+            None => fut.await,
+            Some(bound) => match tokio::time::timeout(bound, fut).await {
+                Ok(result) => result,
+                Err(_) => Err(StoreError::Unavailable(format!(
+                    "{} got no answer within {bound:?}",
+                    op.name(),
+                ))),
+            },
         };
         let outcome = outcome(&result);
         if matches!(
@@ -236,6 +240,9 @@ mod tests {
     /// A memory store that reports a pool, as PostgreSQL does.
     struct Pooled(MemoryStore);
 
+    /// A store whose `get` never answers, as a frozen database would not.
+    struct Hanging(Pooled);
+
     #[async_trait]
     impl UserStore for Pooled {
         async fn create(&self, user: NewUser) -> Result<User, StoreError> {
@@ -289,6 +296,68 @@ mod tests {
                 max: 10,
             })
         }
+    }
+
+    #[async_trait]
+    impl UserStore for Hanging {
+        async fn create(&self, user: NewUser) -> Result<User, StoreError> {
+            self.0.create(user).await
+        }
+        async fn get(&self, _id: UserId) -> Result<User, StoreError> {
+            std::future::pending().await
+        }
+        async fn update(
+            &self,
+            id: UserId,
+            patch: UserPatch,
+            at: OffsetDateTime,
+        ) -> Result<User, StoreError> {
+            self.0.update(id, patch, at).await
+        }
+        async fn delete(&self, id: UserId) -> Result<User, StoreError> {
+            self.0.delete(id).await
+        }
+        async fn list_after(
+            &self,
+            after: Option<UserId>,
+            limit: usize,
+        ) -> Result<Vec<User>, StoreError> {
+            self.0.list_after(after, limit).await
+        }
+        fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
+            self.0.subscribe()
+        }
+        fn published_revision(&self) -> u64 {
+            self.0.published_revision()
+        }
+        async fn changes_after(
+            &self,
+            after: u64,
+            limit: usize,
+        ) -> Result<Vec<UserEvent>, StoreError> {
+            self.0.changes_after(after, limit).await
+        }
+    }
+
+    #[async_trait]
+    impl StoreHealth for Hanging {
+        async fn check(&self) -> Result<(), StoreError> {
+            self.0.check().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_operation_of_a_store_that_can_hang_is_bounded() {
+        let store = InstrumentedStore::wrap(
+            Arc::new(Hanging(Pooled(MemoryStore::new(16)))),
+            Duration::from_secs(5),
+        );
+        let started = tokio::time::Instant::now();
+        let err = store.get(UserId::generate()).await.unwrap_err();
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(5));
+        // The memory store cannot hang: no timer is spent on it.
+        assert!(!MemoryStore::new(16).can_hang());
     }
 
     #[tokio::test]

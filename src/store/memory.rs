@@ -222,6 +222,10 @@ impl UserStore for MemoryStore {
             .cloned()
             .collect())
     }
+
+    fn can_hang(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]

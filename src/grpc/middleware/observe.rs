@@ -87,6 +87,9 @@ struct Shared {
 struct MethodState {
     method: &'static Method,
     traced: bool,
+    /// The handler's work goes on while the response body is polled
+    /// (server and bidi streams); a unary answer is a finished message.
+    streams_responses: bool,
     started: Counter,
     msg_received: Counter,
     msg_sent: Counter,
@@ -130,6 +133,10 @@ impl MethodState {
         Self {
             method,
             traced: method.service != HEALTH_SERVICE || options.trace_health_checks,
+            streams_responses: matches!(
+                method.kind,
+                super::GrpcType::ServerStream | super::GrpcType::BidiStream
+            ),
             started,
             msg_received,
             msg_sent,
@@ -278,10 +285,11 @@ impl BodyObserver for Sent {
     }
 
     fn poll_in_scope<T>(&mut self, poll: impl FnOnce() -> T) -> T {
-        // Streams do their work (store calls) while the body is polled.
+        // Streams do their work (store calls) while the body is polled, so
+        // it runs in the call's context; encoding a unary answer needs none.
         match &self.call {
-            Some(call) => call.in_scope(poll),
-            None => poll(),
+            Some(call) if call.state.streams_responses => call.in_scope(poll),
+            _ => poll(),
         }
     }
 }
