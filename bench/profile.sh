@@ -20,7 +20,8 @@ for tool in perf h2load; do
 done
 python=.tools/bench-venv/bin/python
 [ -x "$python" ] || bench/install-deps.sh >&2
-cargo build --locked --release -q -p user-service -p bench-bare
+cargo build --locked --release -q --bin user-service
+cargo build --locked --release -q -p bench-bare
 
 work=$(mktemp -d)
 pids=()
