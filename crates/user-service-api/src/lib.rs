@@ -5,6 +5,8 @@
 //! edge (its domain and stores never see them); the client library hands
 //! them to its callers.
 
+pub mod codec;
+
 /// Package `user.v1`.
 pub mod v1 {
     #![allow(clippy::all, clippy::pedantic, missing_docs)]
