@@ -16,6 +16,7 @@ use tonic::{
     Code, Request, Status,
 };
 use tonic_types::StatusExt;
+use user_service_api::backoff::Backoff;
 
 /// The contract's wire types, as the client's calls take and return them.
 pub use user_service_api::v1 as pb;
@@ -216,6 +217,15 @@ impl From<Status> for ClientError {
 /// `UserClient::send`).
 const UNSENT_ATTEMPTS: u32 = 3;
 
+/// The delays of read retries and watch reconnects: 100 ms doubling up to
+/// 2 s, the shared policy of `user_service_api::backoff`. No jitter: a
+/// client's retries are few (`read_attempts`) and their timing is what
+/// callers size their own deadlines by; spreading them is a behaviour
+/// change of its own (`Backoff::with_jitter`).
+fn retry_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(2))
+}
+
 /// The server cannot have processed the request: hyper cancelled it
 /// before writing a byte (its connection was closing), or h2 refused or
 /// ended it because of the server's GOAWAY with NO_ERROR, which by HTTP/2
@@ -353,7 +363,7 @@ impl UserClient {
         F: FnMut(UserServiceClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, Status>>,
     {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = retry_backoff();
         let mut attempt = 1;
         loop {
             match self.send(&mut call).await {
@@ -361,8 +371,7 @@ impl UserClient {
                     if status.code() == Code::Unavailable
                         && attempt < self.config.read_attempts =>
                 {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    tokio::time::sleep(backoff.next_delay()).await;
                     attempt += 1;
                 }
                 result => return result.map_err(ClientError::from),
@@ -500,6 +509,8 @@ impl UserClient {
             since: u64,
             current: Option<tonic::Streaming<pb::UserEvent>>,
             failures: u32,
+            /// Advanced once per reconnect, reset with `failures`.
+            backoff: Backoff,
             done: bool,
         }
 
@@ -520,6 +531,7 @@ impl UserClient {
             since: since_revision,
             current: None,
             failures: 0,
+            backoff: retry_backoff(),
             done: false,
         };
         futures_util::stream::unfold(state, |mut st| async move {
@@ -529,9 +541,7 @@ impl UserClient {
             loop {
                 let Some(stream) = st.current.as_mut() else {
                     if st.failures > 0 {
-                        let exponent = (st.failures - 1).min(5);
-                        let backoff = Duration::from_millis(100) * 2u32.pow(exponent);
-                        tokio::time::sleep(backoff.min(Duration::from_secs(2))).await;
+                        tokio::time::sleep(st.backoff.next_delay()).await;
                     }
                     let request = st.client.authorized(WatchUsersRequest {
                         user_ids: st.user_ids.clone(),
@@ -563,6 +573,7 @@ impl UserClient {
                 match stream.next().await {
                     Some(Ok(event)) => {
                         st.failures = 0;
+                        st.backoff.reset();
                         st.since = st.since.max(event.revision);
                         return Some((Ok(event), st));
                     }
