@@ -373,6 +373,10 @@ fn counting<T, E>(accepted: metrics::Counter) -> impl FnMut(&Result<T, E>) {
 }
 
 /// `base` scaled by a random factor in [1 - spread, 1 + spread].
+///
+/// Not a retry delay, so not `user_service_api::backoff`: it spreads one
+/// configured duration (`grpc.max_connection_age`) once per process at
+/// startup; nothing is retried and nothing grows.
 fn jitter(base: Duration, spread: f64) -> Duration {
     let unit = f64::from(OsRng.next_u32()) / f64::from(u32::MAX); // 0..=1
     base.mul_f64(1.0 - spread + 2.0 * spread * unit)

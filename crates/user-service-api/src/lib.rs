@@ -1,9 +1,13 @@
 //! The `user.v1` contract as Rust types: the prost messages and the tonic
 //! stubs generated from `proto/user/v1/user_service.proto`.
 //!
-//! This crate holds no behaviour. The server keeps these types at its gRPC
-//! edge (its domain and stores never see them); the client library hands
-//! them to its callers.
+//! This crate holds no behaviour of the service. The server keeps these
+//! types at its gRPC edge (its domain and stores never see them); the
+//! client library hands them to its callers. One helper both sides need
+//! sits beside the contract: [`backoff`], the retry delay policy, here
+//! because the client must not depend on the server.
+
+pub mod backoff;
 
 pub mod codec;
 

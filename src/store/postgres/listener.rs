@@ -7,8 +7,8 @@ use std::{
     time::Duration,
 };
 
-use rand_core::{OsRng, RngCore};
 use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use user_service_api::backoff::Backoff;
 use uuid::Uuid;
 
 use crate::domain::StoreError;
@@ -74,7 +74,7 @@ pub(super) async fn listen(
     events: Arc<Feed>,
     state: Arc<State>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let mut backoff = backoff(Duration::from_millis(100), Duration::from_secs(2));
     // The last revision forwarded; None until the first connection.
     let mut last: Option<u64> = None;
     loop {
@@ -224,31 +224,9 @@ async fn forward(listener: &mut PgListener, events: &Feed, last: &mut u64) -> St
     }
 }
 
-/// Exponential backoff with ±50% jitter, so replicas that lost the
-/// database together do not reconnect in lockstep.
-pub(super) struct Backoff {
-    first: Duration,
-    max: Duration,
-    current: Duration,
-}
-
-impl Backoff {
-    pub(super) fn new(first: Duration, max: Duration) -> Self {
-        Self {
-            first,
-            max,
-            current: first,
-        }
-    }
-
-    pub(super) fn next_delay(&mut self) -> Duration {
-        let base = self.current;
-        self.current = (self.current * 2).min(self.max);
-        let unit = f64::from(OsRng.next_u32()) / f64::from(u32::MAX);
-        base.mul_f64(0.5 + unit)
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.current = self.first;
-    }
+/// The store's retry delays (the shared policy, `user_service_api::backoff`)
+/// with ±50% jitter, so replicas that lost the database together do not
+/// reconnect in lockstep.
+pub(super) fn backoff(first: Duration, max: Duration) -> Backoff {
+    Backoff::new(first, max).with_jitter(0.5)
 }

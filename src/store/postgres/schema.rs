@@ -16,7 +16,7 @@ use sqlx::{
 
 use crate::{config::StoreSettings, domain::StoreError};
 
-use super::{errors::classify, listener::Backoff, State, APPLICATION_NAME};
+use super::{errors::classify, listener::backoff, State, APPLICATION_NAME};
 
 /// The schema, embedded at build time from `migrations/`.
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
@@ -128,7 +128,7 @@ fn migrate_error(err: MigrateError) -> StoreError {
 /// Background: gets the schema in place (or waits for it), then marks the
 /// store ready for it.
 pub(super) async fn prepare_schema(settings: StoreSettings, migrate: bool, state: Arc<State>) {
-    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
+    let mut backoff = backoff(Duration::from_millis(200), Duration::from_secs(5));
     loop {
         let result = if migrate {
             run_migrations(&settings).await
