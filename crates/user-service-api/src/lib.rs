@@ -3,12 +3,12 @@
 //!
 //! This crate holds no behaviour of the service. The server keeps these
 //! types at its gRPC edge (its domain and stores never see them); the
-//! client library hands them to its callers. One helper both sides need
-//! sits beside the contract: [`backoff`], the retry delay policy, here
-//! because the client must not depend on the server.
+//! client library hands them to its callers. Two helpers both sides need
+//! sit beside the contract, here because the client must not depend on
+//! the server: [`backoff`], the retry delay policy, and [`codec`], the
+//! stubs' codec (prost with smaller per-call buffers).
 
 pub mod backoff;
-
 pub mod codec;
 
 /// Package `user.v1`.
