@@ -6,7 +6,6 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::Stdio,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -30,7 +29,9 @@ use user_service::{
     },
 };
 
-use crate::helpers::{create_request, free_addr, http_get, spawn_app_with, test_settings};
+use crate::helpers::{
+    connect, create_request, http_get, spawn_app_with, start_child, test_settings, unused_addr,
+};
 
 const SECRET: &str = "test-only-hs256-secret-0123456789abcdef";
 const ISSUER: &str = "https://issuer.test";
@@ -1071,56 +1072,33 @@ async fn a_real_process_logs_none_of_the_secrets_tokens_or_passwords() {
     let secret_file = dir.path().join("jwt-secret");
     std::fs::write(&secret_file, SECRET).unwrap();
     // A database that is not there: the store's errors get logged too.
-    let db = free_addr();
+    let db = unused_addr();
     let url_file = dir.path().join("db-url");
     std::fs::write(
         &url_file,
-        format!("postgres://app:{DB_PASSWORD}@{db}/users?password={DB_PASSWORD}"),
+        format!(
+            "postgres://app:{DB_PASSWORD}@{}/users?password={DB_PASSWORD}",
+            db.addr
+        ),
     )
     .unwrap();
-    let (grpc, admin) = (free_addr(), free_addr());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_user-service"))
-        .args([
-            "--grpc-addr",
-            &grpc.to_string(),
-            "--admin-addr",
-            &admin.to_string(),
-        ])
-        .env("USER_SERVICE__AUTH__ENABLED", "true")
-        .env("USER_SERVICE__AUTH__JWT_SECRET_FILE", &secret_file)
-        .env("USER_SERVICE__AUTH__ISSUER", ISSUER)
-        .env("USER_SERVICE__AUTH__AUDIENCE", AUDIENCE)
-        .env("USER_SERVICE__STORE__URL_FILE", &url_file)
-        .env("USER_SERVICE__STORE__MIGRATE", "false")
-        .env("USER_SERVICE__STORE__ACQUIRE_TIMEOUT", "200ms")
-        .env("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms")
-        .env("USER_SERVICE__LOG__FORMAT", "json")
-        .env("RUST_LOG", "trace")
-        .env_remove("USER_SERVICE__STORE__URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    // Liveness answers once the server is up (readiness waits for the
-    // database, which never comes).
-    let mut channel = None;
-    for _ in 0..200 {
-        if let Ok(Ok(ch)) = tokio::time::timeout(
-            Duration::from_millis(500),
-            Channel::from_shared(format!("http://{grpc}"))
-                .unwrap()
-                .connect(),
-        )
-        .await
-        {
-            channel = Some(ch);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let channel = channel.expect("the server never listened");
+    let secret_path = secret_file.display().to_string();
+    let url_path = url_file.display().to_string();
+    // Not waiting for readiness: it waits for the database, which never
+    // comes. The `serving` line says the gRPC port is up.
+    let mut child = start_child(&[
+        ("USER_SERVICE__AUTH__ENABLED", "true"),
+        ("USER_SERVICE__AUTH__JWT_SECRET_FILE", &secret_path),
+        ("USER_SERVICE__AUTH__ISSUER", ISSUER),
+        ("USER_SERVICE__AUTH__AUDIENCE", AUDIENCE),
+        ("USER_SERVICE__STORE__URL_FILE", &url_path),
+        ("USER_SERVICE__STORE__MIGRATE", "false"),
+        ("USER_SERVICE__STORE__ACQUIRE_TIMEOUT", "200ms"),
+        ("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms"),
+        ("RUST_LOG", "trace"),
+    ])
+    .await;
+    let channel = connect(child.grpc_addr).await;
 
     let me = uuid::Uuid::now_v7().to_string();
     let user = hs(&claims(&me, &[]));
@@ -1159,21 +1137,8 @@ async fn a_real_process_logs_none_of_the_secrets_tokens_or_passwords() {
     drop(users);
     drop(channel);
 
-    let pid = child.id().unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exit after SIGTERM")
-        .unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    child.terminate(Duration::from_secs(30)).await;
+    let logs = child.output();
     // The capture is real: calls and refusals were logged.
     assert!(logs.contains("finished call"), "{logs}");
     assert!(

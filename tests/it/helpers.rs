@@ -237,11 +237,37 @@ fn dechunk(mut body: &str) -> String {
     out
 }
 
-/// A loopback address that was free a moment ago, for a child process to
-/// bind (it cannot take port 0 and report back as easily as in-process).
-pub fn free_addr() -> SocketAddr {
+/// A loopback address nothing listens on, for a test that needs a peer
+/// that is not there (an unreachable collector or database). The port is
+/// bound but never listened on, so connections to it are refused and no
+/// other test or process can take it while this value lives: keep it
+/// alive as long as the address is in use.
+pub struct UnusedAddr {
+    _reserved: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+pub fn unused_addr() -> UnusedAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind 127.0.0.1:0");
+    let addr = socket.local_addr().expect("local address");
+    UnusedAddr {
+        _reserved: socket,
+        addr,
+    }
+}
+
+/// A loopback port that was free a moment ago, for a child process that
+/// must be told its port number and cannot report one it chose itself
+/// (the PostgreSQL postmaster of `pg::OwnCluster`, which also restarts on
+/// the same port). Racy by nature: another process may take it first, so
+/// the caller must retry with a new one when the child cannot bind it.
+/// Servers of this project bind port 0 instead ([`spawn_child`]).
+pub fn unreserved_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    listener.local_addr().unwrap().port()
 }
 
 /// A unique, valid email for tests that create users.
@@ -266,54 +292,136 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The real binary as a child process (for signals, exit codes and its own
-/// memory figures), on free loopback ports and the memory store unless
+/// The real binary as a child process (for signals, exit codes, its own
+/// memory figures and its log), on port 0 and the memory store unless
 /// `env` says otherwise. Killed when dropped.
 pub struct ChildApp {
     pub child: std::process::Child,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The lines the process wrote to stdout (its JSON log) and stderr,
+    /// as they come; the readers stop at the process's exit.
+    stdout: Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Starts the binary with `env` (`USER_SERVICE__...` pairs) and waits until
 /// `/readyz` says ready.
 pub async fn spawn_child(env: &[(&str, &str)]) -> ChildApp {
-    let (grpc_addr, admin_addr) = (free_addr(), free_addr());
+    let app = start_child(env).await;
+    app.wait_ready().await;
+    app
+}
+
+/// Starts the binary on port 0 with a JSON log and `env` on top, and waits
+/// for its `serving` line, which names the addresses its listeners got.
+/// It does not wait for readiness (see [`spawn_child`]). The child gets
+/// none of this process's `USER_SERVICE__*`, `OTEL_*` or `RUST_LOG`
+/// variables, only `env`. The launcher's log level shows only warnings and
+/// that line; `env` may raise it (with `USER_SERVICE__LOG__LEVEL` or
+/// `RUST_LOG`), not lower it below `info` for `user_service::server`.
+pub async fn start_child(env: &[(&str, &str)]) -> ChildApp {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_user-service"));
     command
-        .args([
-            "--grpc-addr",
-            &grpc_addr.to_string(),
-            "--admin-addr",
-            &admin_addr.to_string(),
-        ])
-        .env_remove("USER_SERVICE__STORE__URL")
-        .env("USER_SERVICE__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .env("USER_SERVICE__LOG__FORMAT", "json")
+        .env("USER_SERVICE__LOG__LEVEL", "warn,user_service::server=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("USER_SERVICE__") || key.starts_with("OTEL_") || key == "RUST_LOG" {
+            command.env_remove(&*key);
+        }
+    }
     for (key, value) in env {
         command.env(key, value);
     }
-    let child = command.spawn().expect("spawn the binary");
-    let app = ChildApp {
+    let mut child = command.spawn().expect("spawn the binary");
+    type Lines = Arc<std::sync::Mutex<Vec<String>>>;
+    let (stdout_lines, stderr_lines): (Lines, Lines) = (Arc::default(), Arc::default());
+    let (serving_tx, serving_rx) = oneshot::channel::<(SocketAddr, SocketAddr)>();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    // Threads, not tasks: they must keep draining the pipes (a full pipe
+    // would stall the server) whatever the test's runtime is doing.
+    let sink = Arc::clone(&stdout_lines);
+    let stdout_reader = std::thread::spawn(move || {
+        let mut serving_tx = Some(serving_tx);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if serving_tx.is_some() {
+                if let Some(addrs) = serving_addrs(&line) {
+                    let _ = serving_tx.take().unwrap().send(addrs);
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let sink = Arc::clone(&stderr_lines);
+    let stderr_reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let serving = tokio::time::timeout(Duration::from_secs(20), serving_rx).await;
+    let mut app = ChildApp {
         child,
-        grpc_addr,
-        admin_addr,
+        grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        stdout: stdout_lines,
+        stderr: stderr_lines,
+        readers: vec![stdout_reader, stderr_reader],
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while http_get(admin_addr, "/readyz").await.0 != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the binary never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    match serving {
+        Ok(Ok((grpc_addr, admin_addr))) => {
+            app.grpc_addr = grpc_addr;
+            app.admin_addr = admin_addr;
+            app
+        }
+        Ok(Err(_)) => {
+            let exit = app.wait_exit(Duration::from_secs(5)).await;
+            panic!(
+                "the binary stopped before its `serving` line ({exit:?}):\n{}",
+                app.output()
+            )
+        }
+        Err(_) => panic!("no `serving` line within 20s:\n{}", app.output()),
     }
-    app
+}
+
+/// The gRPC and admin addresses of a `serving` log line.
+fn serving_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let json: serde_json::Value = serde_json::from_str(line).ok()?;
+    if json["message"] != "serving" {
+        return None;
+    }
+    let addr = |key: &str| json[key].as_str()?.parse().ok();
+    Some((addr("grpc_addr")?, addr("admin_addr")?))
 }
 
 impl ChildApp {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while http_get(self.admin_addr, "/readyz").await.0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the binary never became ready:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Sends a signal (`-TERM`, `-INT`, `-STOP`, ...) with kill(1).
@@ -337,6 +445,45 @@ impl ChildApp {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The log (stdout) lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The log lines so far that are JSON objects.
+    pub fn log_json(&self) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Everything written so far, stdout then stderr, for checks that
+    /// nothing reached any output and for failure messages.
+    pub fn output(&self) -> String {
+        let mut all = String::new();
+        for line in self.log_lines().iter().chain(&*self.stderr.lock().unwrap()) {
+            all.push_str(line);
+            all.push('\n');
+        }
+        all
+    }
+
+    /// SIGTERM, then the exit status within `within`; the output is then
+    /// complete.
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let exit = self
+            .wait_exit(within)
+            .await
+            .unwrap_or_else(|| panic!("no exit within {within:?} of SIGTERM"));
+        // The pipes close with the process: the readers end at once.
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+        exit
     }
 
     /// Resident memory of the process, in KiB (VmRSS in /proc).

@@ -176,7 +176,7 @@ pub async fn wait_until_ready(store: &Arc<dyn UserStore>) {
 }
 
 /// A PostgreSQL cluster of the test's own (initdb + pg_ctl in a temporary
-/// directory, on a free loopback port), so the test can stop, start,
+/// directory, on a loopback port of its own), so the test can stop, start,
 /// freeze and thaw it; the shared test cluster is never touched. Stopped
 /// and deleted when dropped.
 pub struct OwnCluster {
@@ -226,13 +226,21 @@ impl OwnCluster {
             .args(["-R", "postgres"])
             .arg(dir.path())
             .status();
-        let port = crate::helpers::free_addr().port();
-        let cluster = Self { dir, bin, port };
+        let mut cluster = Self { dir, bin, port: 0 };
         let mut initdb = pg_command(&cluster.bin, "initdb");
         initdb
             .args(["-A", "trust", "-U", "app", "--no-sync", "-D"])
             .arg(cluster.data());
         run(initdb, "initdb");
+        // The postmaster is told its port (it cannot report one it chose,
+        // and a restart must get the same one), so the port may be taken
+        // by the time it binds: then it fails to start and we try another.
+        for _ in 0..5 {
+            cluster.port = crate::helpers::unreserved_port();
+            if cluster.try_start().is_ok() {
+                return cluster;
+            }
+        }
         cluster.start();
         cluster
     }
@@ -247,6 +255,12 @@ impl OwnCluster {
 
     /// Starts the postmaster and waits until it accepts connections.
     pub fn start(&self) {
+        if let Err(why) = self.try_start() {
+            panic!("pg_ctl start: {why}");
+        }
+    }
+
+    fn try_start(&self) -> Result<(), String> {
         let mut pg_ctl = pg_command(&self.bin, "pg_ctl");
         pg_ctl
             .arg("-D")
@@ -260,7 +274,16 @@ impl OwnCluster {
                 self.dir.path().display()
             ))
             .args(["-w", "-t", "30", "start"]);
-        run(pg_ctl, "pg_ctl start");
+        let out = pg_ctl.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+        Err(format!(
+            "{}{}{log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 
     /// Stops it (fast: sessions are ended, as in a crash or failover).

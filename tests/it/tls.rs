@@ -25,7 +25,7 @@ use tonic_health::pb::{health_check_response::ServingStatus, health_client::Heal
 use user_service::{config::Settings, server::Server};
 use user_service_client::{ClientConfig, ClientError, ClientTls, UserClient};
 
-use crate::helpers::{email, http_get, test_settings};
+use crate::helpers::{email, http_get, start_child, test_settings, ChildApp};
 
 /// A private CA, like the one behind a cert-manager Issuer.
 struct Ca {
@@ -651,56 +651,32 @@ async fn grpcurl_and_grpc_health_probe_speak_mtls_to_the_server() {
 /// without key material when a broken key is written.
 #[tokio::test]
 async fn the_binary_logs_peers_under_tls_and_warns_about_broken_files_without_quoting_them() {
-    use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let ca = Ca::new("test CA");
     let files = TlsDir::new(&ca.server(), Some(&ca));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_user-service"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args(["--log-format", "json", "--log-level", "info"])
-        .env("USER_SERVICE__TLS__CERT_FILE", files.path("tls.crt"))
-        .env("USER_SERVICE__TLS__KEY_FILE", files.path("tls.key"))
-        .env("USER_SERVICE__TLS__CLIENT_CA_FILE", files.path("ca.crt"))
-        .env("USER_SERVICE__TLS__RELOAD_INTERVAL", "100ms")
-        .env("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms")
-        .env_remove("USER_SERVICE__STORE__URL")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = Arc::clone(&lines);
-    let stdout = child.stdout.take().unwrap();
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            let json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            sink.lock().unwrap().push(json);
-        }
-    });
-    let find = |message: &str| {
-        lines
-            .lock()
-            .unwrap()
+    let path = |name: &str| files.path(name).display().to_string();
+    let mut child = start_child(&[
+        ("USER_SERVICE__LOG__LEVEL", "info"),
+        ("USER_SERVICE__TLS__CERT_FILE", &path("tls.crt")),
+        ("USER_SERVICE__TLS__KEY_FILE", &path("tls.key")),
+        ("USER_SERVICE__TLS__CLIENT_CA_FILE", &path("ca.crt")),
+        ("USER_SERVICE__TLS__RELOAD_INTERVAL", "100ms"),
+        ("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms"),
+    ])
+    .await;
+    // Every line of the log is JSON.
+    let lines = |child: &ChildApp| -> Vec<serde_json::Value> {
+        child
+            .log_lines()
             .iter()
-            .find(|l| l["message"] == message)
-            .cloned()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
     };
-    let mut serving = None;
-    for _ in 0..200 {
-        serving = find("serving");
-        if serving.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let serving = serving.expect("no `serving` line");
+    let serving = lines(&child)
+        .into_iter()
+        .find(|l| l["message"] == "serving")
+        .expect("a `serving` line");
     assert_eq!(serving["tls"], "mutual", "{serving}");
-    let grpc_addr: SocketAddr = serving["grpc_addr"].as_str().unwrap().parse().unwrap();
+    let grpc_addr = child.grpc_addr;
 
     let client = UserClient::connect(ClientConfig {
         endpoint: format!("https://localhost:{}", grpc_addr.port()),
@@ -717,9 +693,7 @@ async fn the_binary_logs_peers_under_tls_and_warns_about_broken_files_without_qu
         "-----BEGIN PRIVATE KEY-----\nU0VDUkVUTUFSS0VS\n-----END PRIVATE KEY-----\n",
     );
     let warned = eventually(Duration::from_secs(5), || async {
-        lines
-            .lock()
-            .unwrap()
+        lines(&child)
             .iter()
             .any(|l| l["level"] == "WARN" && l["target"] == "user_service::tls")
     })
@@ -737,20 +711,10 @@ async fn the_binary_logs_peers_under_tls_and_warns_about_broken_files_without_qu
     .expect("reconnect after a broken key");
     round_trip(&again).await.unwrap();
 
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("no exit within 15s of SIGTERM")
-        .unwrap();
+    let exit = child.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "{exit:?}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let lines = lines.lock().unwrap().clone();
+    let lines = lines(&child);
     // (Auth being off warns too, at startup: only the TLS warnings count.)
     let warnings: Vec<_> = lines
         .iter()
