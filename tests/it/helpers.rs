@@ -4,12 +4,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use user_service::{
     config::Settings, domain::UserStore, pb::user_service_client::UserServiceClient,
@@ -192,49 +187,37 @@ impl Drop for TestApp {
     }
 }
 
-/// A minimal HTTP/1.1 GET (no client library needed for probes and
-/// Prometheus queries): returns (status, body).
+/// GET `http://{addr}{path_and_query}`: returns (status, body), or
+/// `(0, "")` when there is no answer within 10 s (nothing listening yet,
+/// a reset), so callers can poll.
 pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        Some((status, body))
+    let url = format!("http://{addr}{path_and_query}");
+    let answer = async {
+        let response = http_client().get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
     };
-    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-        Ok(Some(answer)) => answer,
-        _ => (0, String::new()),
-    }
+    answer.await.unwrap_or_default()
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
+/// One client for every test. It keeps no idle connections: each test has
+/// a runtime of its own, and a pooled connection would belong to the
+/// runtime of the test that opened it.
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        // reqwest is built without a bundled crypto provider (as for the
+        // service's JWKS client); these requests are plaintext, but building
+        // a client needs one. An error means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("build the HTTP client")
+    })
 }
 
 /// A loopback address nothing listens on, for a test that needs a peer
