@@ -11,14 +11,22 @@ use user_service::{
     server::Server, store::MemoryStore,
 };
 
-/// A server running in this process, stopped when dropped.
-pub struct TestApp {
+/// A server running in this process, stopped when dropped. Nobody is
+/// connected to it yet: the caller connects the way the test needs
+/// (plaintext through [`TestServer::connect`], TLS in `tls.rs`).
+pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub client: UserServiceClient<Channel>,
-    pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+/// A [`TestServer`] with a plaintext client connected to it, the way most
+/// tests use the server. Derefs to the server (addresses, shutdown).
+pub struct TestApp {
+    pub client: UserServiceClient<Channel>,
+    pub channel: Channel,
+    server: TestServer,
 }
 
 /// The `userctl` binary, built from this checkout. It belongs to the client
@@ -79,45 +87,117 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
-    let server = Server::bind(settings).await.expect("bind");
-    start(server).await
+    TestServer::start(settings).await.connect().await
 }
 
 /// Starts a server on a store the caller owns (e.g. shared by two servers).
 pub async fn spawn_app_on(settings: Settings, store: Arc<dyn UserStore>) -> TestApp {
-    let server = Server::bind_with_store(settings, store)
-        .await
-        .expect("bind");
-    start(server).await
+    TestServer::start_on(settings, store).await.connect().await
 }
 
 pub fn memory_store() -> Arc<dyn UserStore> {
     Arc::new(MemoryStore::new(1024))
 }
 
-async fn start(server: Server) -> TestApp {
-    let grpc_addr = server.grpc_addr();
-    let admin_addr = server.admin_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
+impl TestServer {
+    /// Binds `settings` (port 0 in [`test_settings`]: the addresses are
+    /// the ones the listeners got), runs the server and waits until
+    /// `/readyz` says ready. The admin port is plaintext whatever the gRPC
+    /// port speaks, so this works for TLS servers too.
+    pub async fn start(settings: Settings) -> Self {
+        Self::run(Server::bind(settings).await.expect("bind")).await
+    }
+
+    /// Like [`TestServer::start`], on a store the caller owns.
+    pub async fn start_on(settings: Settings, store: Arc<dyn UserStore>) -> Self {
+        let server = Server::bind_with_store(settings, store)
             .await
-            .expect("server run");
-    });
-    let channel = connect(grpc_addr).await;
-    let app = TestApp {
-        grpc_addr,
-        admin_addr,
-        client: UserServiceClient::new(channel.clone()),
-        channel,
-        shutdown: Some(tx),
-        task: Some(task),
-    };
-    app.wait_ready().await;
-    app
+            .expect("bind");
+        Self::run(server).await
+    }
+
+    async fn run(server: Server) -> Self {
+        let grpc_addr = server.grpc_addr();
+        let admin_addr = server.admin_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server run");
+        });
+        let server = Self {
+            grpc_addr,
+            admin_addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Connects a plaintext client.
+    pub async fn connect(self) -> TestApp {
+        let channel = connect(self.grpc_addr).await;
+        TestApp {
+            client: UserServiceClient::new(channel.clone()),
+            channel,
+            server: self,
+        }
+    }
+
+    /// Waits until `/readyz` says ready (the first store check passed).
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if http_get(self.admin_addr, "/readyz").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server at {} never became ready", self.grpc_addr);
+    }
+
+    /// Starts the shutdown sequence and returns the server task.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("already shut down")
+    }
+
+    /// Shuts down and waits for the sequence (background tasks included)
+    /// to finish.
+    pub async fn stop(mut self) {
+        let task = self.begin_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("shutdown timed out")
+            .expect("server task");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = TestServer;
+
+    fn deref(&self) -> &TestServer {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for TestApp {
+    fn deref_mut(&mut self) -> &mut TestServer {
+        &mut self.server
+    }
 }
 
 pub async fn connect(addr: SocketAddr) -> Channel {
@@ -150,40 +230,9 @@ impl TestApp {
         Ok(self.client.clone().get_user(request).await?.into_inner())
     }
 
-    /// Waits until `/readyz` says ready (the first store check passed).
-    pub async fn wait_ready(&self) {
-        for _ in 0..100 {
-            if http_get(self.admin_addr, "/readyz").await.0 == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server at {} never became ready", self.grpc_addr);
-    }
-
-    /// Starts the shutdown sequence and returns the server task.
-    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.take().expect("already shut down")
-    }
-
     /// Shuts down and waits for the sequence to finish.
-    pub async fn stop(mut self) {
-        let task = self.begin_shutdown();
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("shutdown timed out")
-            .expect("server task");
-    }
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
