@@ -162,18 +162,63 @@ enum Method {
     Reflection,
 }
 
-/// DeleteUser last, so a run that succeeds leaves the target for the rest.
-const PROTECTED: [Method; 8] = [
-    Method::GetUser,
-    Method::UpdateUserName,
-    Method::UpdateUserStatus,
-    Method::ListUsers,
-    Method::BulkCreateUsers,
-    Method::UserUpdates,
-    Method::WatchUsers,
-    Method::DeleteUser,
+/// Who may call a method, as a client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone, with a token or without.
+    Public,
+    /// A user on their own record; an admin on anyone's.
+    Own,
+    /// Admins only. (Setting a status is UpdateUser, like renaming: the
+    /// auth layer lets a user through on their own record and the domain
+    /// refuses the status change.)
+    Admin,
+}
+
+/// Every method the tests call (see [`call`] for how each is called): the
+/// RPC it is, as metrics name it, and who may call it. DeleteUser last, so
+/// a run that succeeds leaves the target for the rest.
+const METHODS: [(Method, &str, Access); 11] = [
+    (Method::CreateUser, "CreateUser", Access::Public),
+    (Method::HealthCheck, "Check", Access::Public),
+    (Method::Reflection, "ServerReflectionInfo", Access::Public),
+    (Method::GetUser, "GetUser", Access::Own),
+    (Method::UpdateUserName, "UpdateUser", Access::Own),
+    (Method::UpdateUserStatus, "UpdateUser", Access::Admin),
+    (Method::UserUpdates, "UserUpdates", Access::Own),
+    (Method::ListUsers, "ListUsers", Access::Admin),
+    (Method::BulkCreateUsers, "BulkCreateUsers", Access::Admin),
+    (Method::WatchUsers, "WatchUsers", Access::Admin),
+    (Method::DeleteUser, "DeleteUser", Access::Admin),
 ];
-const PUBLIC: [Method; 3] = [Method::CreateUser, Method::HealthCheck, Method::Reflection];
+
+/// The methods of [`METHODS`] that `access` describes, in its order.
+fn methods(access: impl Fn(Access) -> bool) -> Vec<Method> {
+    METHODS
+        .iter()
+        .filter(|(_, _, a)| access(*a))
+        .map(|(method, _, _)| *method)
+        .collect()
+}
+
+/// Every method that needs a token.
+fn protected() -> Vec<Method> {
+    methods(|a| a != Access::Public)
+}
+
+fn public() -> Vec<Method> {
+    methods(|a| a == Access::Public)
+}
+
+/// The RPC name of `method` (UpdateUserName and UpdateUserStatus are both
+/// UpdateUser).
+fn rpc(method: Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|(m, _, _)| *m == method)
+        .map(|(_, rpc, _)| *rpc)
+        .unwrap()
+}
 
 fn code<T>(result: Result<T, tonic::Status>) -> Code {
     match result {
@@ -353,14 +398,14 @@ async fn bad_tokens_are_unauthenticated_on_every_protected_method_and_public_one
     let app = spawn_app_with(hs_settings()).await;
     let me = sign_up(&app.channel, "me").await;
     for (kind, token) in bad_tokens(&me) {
-        for method in PROTECTED {
+        for method in protected() {
             assert_eq!(
                 call(&app.channel, method, token.as_deref(), &me).await,
                 Code::Unauthenticated,
                 "{method:?} with {kind}"
             );
         }
-        for method in PUBLIC {
+        for method in public() {
             assert_eq!(
                 call(&app.channel, method, token.as_deref(), &me).await,
                 Code::Ok,
@@ -430,31 +475,26 @@ async fn users_act_on_themselves_and_admins_on_everyone() {
     let admin = hs(&claims("ops@example.com", &["user", "admin"]));
     let ch = &app.channel;
 
-    // A user on their own record: read, rename, streamed rename; not status.
-    assert_eq!(call(ch, Method::GetUser, Some(&user), &me).await, Code::Ok);
-    assert_eq!(
-        call(ch, Method::UpdateUserName, Some(&user), &me).await,
-        Code::Ok
-    );
-    assert_eq!(
-        call(ch, Method::UserUpdates, Some(&user), &me).await,
-        Code::Ok
-    );
-    assert_eq!(
-        call(ch, Method::UpdateUserStatus, Some(&user), &me).await,
-        Code::PermissionDenied
-    );
+    // A user on their own record: public methods (a token is accepted
+    // too), read, rename, streamed rename; not status, nor admin-only
+    // methods.
+    for (method, _, access) in METHODS {
+        let expected = match access {
+            Access::Public | Access::Own => Code::Ok,
+            Access::Admin => Code::PermissionDenied,
+        };
+        assert_eq!(
+            call(ch, method, Some(&user), &me).await,
+            expected,
+            "{method:?} by a user on their own record"
+        );
+    }
     // ... on another user's record: nothing, not even whether it exists.
-    for method in [
-        Method::GetUser,
-        Method::UpdateUserName,
-        Method::UpdateUserStatus,
-        Method::UserUpdates,
-    ] {
+    for method in protected() {
         assert_eq!(
             call(ch, method, Some(&user), &other).await,
             Code::PermissionDenied,
-            "{method:?}"
+            "{method:?} by a user on another's record"
         );
     }
     let unknown = uuid::Uuid::now_v7().to_string();
@@ -462,43 +502,13 @@ async fn users_act_on_themselves_and_admins_on_everyone() {
         call(ch, Method::GetUser, Some(&user), &unknown).await,
         Code::PermissionDenied
     );
-    // ... admin-only methods, even on their own record.
-    for method in [
-        Method::DeleteUser,
-        Method::ListUsers,
-        Method::BulkCreateUsers,
-        Method::WatchUsers,
-    ] {
-        assert_eq!(
-            call(ch, method, Some(&user), &me).await,
-            Code::PermissionDenied,
-            "{method:?}"
-        );
-    }
-    // Public methods need nothing, and accept a token too.
-    for method in PUBLIC {
-        assert_eq!(
-            call(ch, method, Some(&user), &me).await,
-            Code::Ok,
-            "{method:?}"
-        );
-    }
 
     // An admin may do everything to anyone.
-    for method in [
-        Method::GetUser,
-        Method::UpdateUserName,
-        Method::UpdateUserStatus,
-        Method::UserUpdates,
-        Method::ListUsers,
-        Method::BulkCreateUsers,
-        Method::WatchUsers,
-        Method::DeleteUser,
-    ] {
+    for method in protected() {
         assert_eq!(
             call(ch, method, Some(&admin), &other).await,
             Code::Ok,
-            "{method:?}"
+            "{method:?} by an admin"
         );
     }
     // The rename stuck, and the deletion (last) too.
@@ -563,7 +573,7 @@ async fn rs256_public_key_rejects_hs_rs_confusion_and_foreign_keys() {
         ("RS512 where RS256 is pinned", other_rsa_alg),
         ("alg none", none),
     ] {
-        for method in PROTECTED {
+        for method in protected() {
             assert_eq!(
                 call(&app.channel, method, Some(&token), &me).await,
                 Code::Unauthenticated,
@@ -788,28 +798,40 @@ async fn refused_calls_are_counted_with_their_code() {
     let app = spawn_app_with(hs_settings()).await;
     let me = sign_up(&app.channel, "metrics").await;
     let user = hs(&claims(&me, &[]));
-    let unauth_before = handled(app.admin_addr, "GetUser", "Unauthenticated").await;
-    let denied_before = handled(app.admin_addr, "ListUsers", "PermissionDenied").await;
-    let domain_denied_before = handled(app.admin_addr, "UpdateUser", "PermissionDenied").await;
-    assert_eq!(
-        call(&app.channel, Method::GetUser, None, &me).await,
-        Code::Unauthenticated
-    );
-    assert_eq!(
-        call(&app.channel, Method::ListUsers, Some(&user), &me).await,
-        Code::PermissionDenied
-    );
-    assert_eq!(
-        call(&app.channel, Method::UpdateUserStatus, Some(&user), &me).await,
-        Code::PermissionDenied
-    );
-    // The observing layer records a call as its response ends.
+    // Refused by the auth layer (no token; not an admin) and by the domain
+    // (a user setting a status).
+    let cases = [
+        (Method::GetUser, None, Code::Unauthenticated),
+        (
+            Method::ListUsers,
+            Some(user.as_str()),
+            Code::PermissionDenied,
+        ),
+        (
+            Method::UpdateUserStatus,
+            Some(user.as_str()),
+            Code::PermissionDenied,
+        ),
+    ];
     let admin = app.admin_addr;
+    let mut before = Vec::new();
+    for (method, _, refused) in cases {
+        before.push(handled(admin, rpc(method), &format!("{refused:?}")).await);
+    }
+    for (method, token, refused) in cases {
+        assert_eq!(
+            call(&app.channel, method, token, &me).await,
+            refused,
+            "{method:?}"
+        );
+    }
+    // The observing layer records a call as its response ends.
     for _ in 0..100 {
-        if handled(admin, "GetUser", "Unauthenticated").await > unauth_before
-            && handled(admin, "ListUsers", "PermissionDenied").await > denied_before
-            && handled(admin, "UpdateUser", "PermissionDenied").await > domain_denied_before
-        {
+        let mut counted = true;
+        for ((method, _, refused), before) in cases.iter().zip(&before) {
+            counted &= handled(admin, rpc(*method), &format!("{refused:?}")).await > *before;
+        }
+        if counted {
             app.stop().await;
             return;
         }
@@ -838,7 +860,7 @@ async fn reflection_can_be_turned_off() {
 async fn auth_disabled_leaves_every_call_unrestricted() {
     let app = spawn_app_with(test_settings()).await;
     let me = sign_up(&app.channel, "open").await;
-    for method in PROTECTED {
+    for method in protected() {
         assert_eq!(
             call(&app.channel, method, None, &me).await,
             Code::Ok,
