@@ -6,7 +6,6 @@
 use std::{
     net::SocketAddr,
     path::PathBuf,
-    process::Stdio,
     sync::{
         atomic::{AtomicUsize, Ordering},
         Arc, Mutex,
@@ -30,7 +29,9 @@ use user_service::{
     },
 };
 
-use crate::helpers::{create_request, free_addr, http_get, spawn_app_with, test_settings};
+use crate::helpers::{
+    connect, create_request, http_get, spawn_app_with, start_child, test_settings, unused_addr,
+};
 
 const SECRET: &str = "test-only-hs256-secret-0123456789abcdef";
 const ISSUER: &str = "https://issuer.test";
@@ -161,18 +162,63 @@ enum Method {
     Reflection,
 }
 
-/// DeleteUser last, so a run that succeeds leaves the target for the rest.
-const PROTECTED: [Method; 8] = [
-    Method::GetUser,
-    Method::UpdateUserName,
-    Method::UpdateUserStatus,
-    Method::ListUsers,
-    Method::BulkCreateUsers,
-    Method::UserUpdates,
-    Method::WatchUsers,
-    Method::DeleteUser,
+/// Who may call a method, as a client sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Anyone, with a token or without.
+    Public,
+    /// A user on their own record; an admin on anyone's.
+    Own,
+    /// Admins only. (Setting a status is UpdateUser, like renaming: the
+    /// auth layer lets a user through on their own record and the domain
+    /// refuses the status change.)
+    Admin,
+}
+
+/// Every method the tests call (see [`call`] for how each is called): the
+/// RPC it is, as metrics name it, and who may call it. DeleteUser last, so
+/// a run that succeeds leaves the target for the rest.
+const METHODS: [(Method, &str, Access); 11] = [
+    (Method::CreateUser, "CreateUser", Access::Public),
+    (Method::HealthCheck, "Check", Access::Public),
+    (Method::Reflection, "ServerReflectionInfo", Access::Public),
+    (Method::GetUser, "GetUser", Access::Own),
+    (Method::UpdateUserName, "UpdateUser", Access::Own),
+    (Method::UpdateUserStatus, "UpdateUser", Access::Admin),
+    (Method::UserUpdates, "UserUpdates", Access::Own),
+    (Method::ListUsers, "ListUsers", Access::Admin),
+    (Method::BulkCreateUsers, "BulkCreateUsers", Access::Admin),
+    (Method::WatchUsers, "WatchUsers", Access::Admin),
+    (Method::DeleteUser, "DeleteUser", Access::Admin),
 ];
-const PUBLIC: [Method; 3] = [Method::CreateUser, Method::HealthCheck, Method::Reflection];
+
+/// The methods of [`METHODS`] that `access` describes, in its order.
+fn methods(access: impl Fn(Access) -> bool) -> Vec<Method> {
+    METHODS
+        .iter()
+        .filter(|(_, _, a)| access(*a))
+        .map(|(method, _, _)| *method)
+        .collect()
+}
+
+/// Every method that needs a token.
+fn protected() -> Vec<Method> {
+    methods(|a| a != Access::Public)
+}
+
+fn public() -> Vec<Method> {
+    methods(|a| a == Access::Public)
+}
+
+/// The RPC name of `method` (UpdateUserName and UpdateUserStatus are both
+/// UpdateUser).
+fn rpc(method: Method) -> &'static str {
+    METHODS
+        .iter()
+        .find(|(m, _, _)| *m == method)
+        .map(|(_, rpc, _)| *rpc)
+        .unwrap()
+}
 
 fn code<T>(result: Result<T, tonic::Status>) -> Code {
     match result {
@@ -352,14 +398,14 @@ async fn bad_tokens_are_unauthenticated_on_every_protected_method_and_public_one
     let app = spawn_app_with(hs_settings()).await;
     let me = sign_up(&app.channel, "me").await;
     for (kind, token) in bad_tokens(&me) {
-        for method in PROTECTED {
+        for method in protected() {
             assert_eq!(
                 call(&app.channel, method, token.as_deref(), &me).await,
                 Code::Unauthenticated,
                 "{method:?} with {kind}"
             );
         }
-        for method in PUBLIC {
+        for method in public() {
             assert_eq!(
                 call(&app.channel, method, token.as_deref(), &me).await,
                 Code::Ok,
@@ -429,31 +475,26 @@ async fn users_act_on_themselves_and_admins_on_everyone() {
     let admin = hs(&claims("ops@example.com", &["user", "admin"]));
     let ch = &app.channel;
 
-    // A user on their own record: read, rename, streamed rename; not status.
-    assert_eq!(call(ch, Method::GetUser, Some(&user), &me).await, Code::Ok);
-    assert_eq!(
-        call(ch, Method::UpdateUserName, Some(&user), &me).await,
-        Code::Ok
-    );
-    assert_eq!(
-        call(ch, Method::UserUpdates, Some(&user), &me).await,
-        Code::Ok
-    );
-    assert_eq!(
-        call(ch, Method::UpdateUserStatus, Some(&user), &me).await,
-        Code::PermissionDenied
-    );
+    // A user on their own record: public methods (a token is accepted
+    // too), read, rename, streamed rename; not status, nor admin-only
+    // methods.
+    for (method, _, access) in METHODS {
+        let expected = match access {
+            Access::Public | Access::Own => Code::Ok,
+            Access::Admin => Code::PermissionDenied,
+        };
+        assert_eq!(
+            call(ch, method, Some(&user), &me).await,
+            expected,
+            "{method:?} by a user on their own record"
+        );
+    }
     // ... on another user's record: nothing, not even whether it exists.
-    for method in [
-        Method::GetUser,
-        Method::UpdateUserName,
-        Method::UpdateUserStatus,
-        Method::UserUpdates,
-    ] {
+    for method in protected() {
         assert_eq!(
             call(ch, method, Some(&user), &other).await,
             Code::PermissionDenied,
-            "{method:?}"
+            "{method:?} by a user on another's record"
         );
     }
     let unknown = uuid::Uuid::now_v7().to_string();
@@ -461,43 +502,13 @@ async fn users_act_on_themselves_and_admins_on_everyone() {
         call(ch, Method::GetUser, Some(&user), &unknown).await,
         Code::PermissionDenied
     );
-    // ... admin-only methods, even on their own record.
-    for method in [
-        Method::DeleteUser,
-        Method::ListUsers,
-        Method::BulkCreateUsers,
-        Method::WatchUsers,
-    ] {
-        assert_eq!(
-            call(ch, method, Some(&user), &me).await,
-            Code::PermissionDenied,
-            "{method:?}"
-        );
-    }
-    // Public methods need nothing, and accept a token too.
-    for method in PUBLIC {
-        assert_eq!(
-            call(ch, method, Some(&user), &me).await,
-            Code::Ok,
-            "{method:?}"
-        );
-    }
 
     // An admin may do everything to anyone.
-    for method in [
-        Method::GetUser,
-        Method::UpdateUserName,
-        Method::UpdateUserStatus,
-        Method::UserUpdates,
-        Method::ListUsers,
-        Method::BulkCreateUsers,
-        Method::WatchUsers,
-        Method::DeleteUser,
-    ] {
+    for method in protected() {
         assert_eq!(
             call(ch, method, Some(&admin), &other).await,
             Code::Ok,
-            "{method:?}"
+            "{method:?} by an admin"
         );
     }
     // The rename stuck, and the deletion (last) too.
@@ -562,7 +573,7 @@ async fn rs256_public_key_rejects_hs_rs_confusion_and_foreign_keys() {
         ("RS512 where RS256 is pinned", other_rsa_alg),
         ("alg none", none),
     ] {
-        for method in PROTECTED {
+        for method in protected() {
             assert_eq!(
                 call(&app.channel, method, Some(&token), &me).await,
                 Code::Unauthenticated,
@@ -787,28 +798,40 @@ async fn refused_calls_are_counted_with_their_code() {
     let app = spawn_app_with(hs_settings()).await;
     let me = sign_up(&app.channel, "metrics").await;
     let user = hs(&claims(&me, &[]));
-    let unauth_before = handled(app.admin_addr, "GetUser", "Unauthenticated").await;
-    let denied_before = handled(app.admin_addr, "ListUsers", "PermissionDenied").await;
-    let domain_denied_before = handled(app.admin_addr, "UpdateUser", "PermissionDenied").await;
-    assert_eq!(
-        call(&app.channel, Method::GetUser, None, &me).await,
-        Code::Unauthenticated
-    );
-    assert_eq!(
-        call(&app.channel, Method::ListUsers, Some(&user), &me).await,
-        Code::PermissionDenied
-    );
-    assert_eq!(
-        call(&app.channel, Method::UpdateUserStatus, Some(&user), &me).await,
-        Code::PermissionDenied
-    );
-    // The observing layer records a call as its response ends.
+    // Refused by the auth layer (no token; not an admin) and by the domain
+    // (a user setting a status).
+    let cases = [
+        (Method::GetUser, None, Code::Unauthenticated),
+        (
+            Method::ListUsers,
+            Some(user.as_str()),
+            Code::PermissionDenied,
+        ),
+        (
+            Method::UpdateUserStatus,
+            Some(user.as_str()),
+            Code::PermissionDenied,
+        ),
+    ];
     let admin = app.admin_addr;
+    let mut before = Vec::new();
+    for (method, _, refused) in cases {
+        before.push(handled(admin, rpc(method), &format!("{refused:?}")).await);
+    }
+    for (method, token, refused) in cases {
+        assert_eq!(
+            call(&app.channel, method, token, &me).await,
+            refused,
+            "{method:?}"
+        );
+    }
+    // The observing layer records a call as its response ends.
     for _ in 0..100 {
-        if handled(admin, "GetUser", "Unauthenticated").await > unauth_before
-            && handled(admin, "ListUsers", "PermissionDenied").await > denied_before
-            && handled(admin, "UpdateUser", "PermissionDenied").await > domain_denied_before
-        {
+        let mut counted = true;
+        for ((method, _, refused), before) in cases.iter().zip(&before) {
+            counted &= handled(admin, rpc(*method), &format!("{refused:?}")).await > *before;
+        }
+        if counted {
             app.stop().await;
             return;
         }
@@ -837,7 +860,7 @@ async fn reflection_can_be_turned_off() {
 async fn auth_disabled_leaves_every_call_unrestricted() {
     let app = spawn_app_with(test_settings()).await;
     let me = sign_up(&app.channel, "open").await;
-    for method in PROTECTED {
+    for method in protected() {
         assert_eq!(
             call(&app.channel, method, None, &me).await,
             Code::Ok,
@@ -1071,56 +1094,33 @@ async fn a_real_process_logs_none_of_the_secrets_tokens_or_passwords() {
     let secret_file = dir.path().join("jwt-secret");
     std::fs::write(&secret_file, SECRET).unwrap();
     // A database that is not there: the store's errors get logged too.
-    let db = free_addr();
+    let db = unused_addr();
     let url_file = dir.path().join("db-url");
     std::fs::write(
         &url_file,
-        format!("postgres://app:{DB_PASSWORD}@{db}/users?password={DB_PASSWORD}"),
+        format!(
+            "postgres://app:{DB_PASSWORD}@{}/users?password={DB_PASSWORD}",
+            db.addr
+        ),
     )
     .unwrap();
-    let (grpc, admin) = (free_addr(), free_addr());
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_user-service"))
-        .args([
-            "--grpc-addr",
-            &grpc.to_string(),
-            "--admin-addr",
-            &admin.to_string(),
-        ])
-        .env("USER_SERVICE__AUTH__ENABLED", "true")
-        .env("USER_SERVICE__AUTH__JWT_SECRET_FILE", &secret_file)
-        .env("USER_SERVICE__AUTH__ISSUER", ISSUER)
-        .env("USER_SERVICE__AUTH__AUDIENCE", AUDIENCE)
-        .env("USER_SERVICE__STORE__URL_FILE", &url_file)
-        .env("USER_SERVICE__STORE__MIGRATE", "false")
-        .env("USER_SERVICE__STORE__ACQUIRE_TIMEOUT", "200ms")
-        .env("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms")
-        .env("USER_SERVICE__LOG__FORMAT", "json")
-        .env("RUST_LOG", "trace")
-        .env_remove("USER_SERVICE__STORE__URL")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-
-    // Liveness answers once the server is up (readiness waits for the
-    // database, which never comes).
-    let mut channel = None;
-    for _ in 0..200 {
-        if let Ok(Ok(ch)) = tokio::time::timeout(
-            Duration::from_millis(500),
-            Channel::from_shared(format!("http://{grpc}"))
-                .unwrap()
-                .connect(),
-        )
-        .await
-        {
-            channel = Some(ch);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let channel = channel.expect("the server never listened");
+    let secret_path = secret_file.display().to_string();
+    let url_path = url_file.display().to_string();
+    // Not waiting for readiness: it waits for the database, which never
+    // comes. The `serving` line says the gRPC port is up.
+    let mut child = start_child(&[
+        ("USER_SERVICE__AUTH__ENABLED", "true"),
+        ("USER_SERVICE__AUTH__JWT_SECRET_FILE", &secret_path),
+        ("USER_SERVICE__AUTH__ISSUER", ISSUER),
+        ("USER_SERVICE__AUTH__AUDIENCE", AUDIENCE),
+        ("USER_SERVICE__STORE__URL_FILE", &url_path),
+        ("USER_SERVICE__STORE__MIGRATE", "false"),
+        ("USER_SERVICE__STORE__ACQUIRE_TIMEOUT", "200ms"),
+        ("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms"),
+        ("RUST_LOG", "trace"),
+    ])
+    .await;
+    let channel = connect(child.grpc_addr).await;
 
     let me = uuid::Uuid::now_v7().to_string();
     let user = hs(&claims(&me, &[]));
@@ -1159,21 +1159,8 @@ async fn a_real_process_logs_none_of_the_secrets_tokens_or_passwords() {
     drop(users);
     drop(channel);
 
-    let pid = child.id().unwrap();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let output = tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
-        .await
-        .expect("exit after SIGTERM")
-        .unwrap();
-    let logs = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
+    child.terminate(Duration::from_secs(30)).await;
+    let logs = child.output();
     // The capture is real: calls and refusals were logged.
     assert!(logs.contains("finished call"), "{logs}");
     assert!(

@@ -4,26 +4,29 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::TcpStream,
-    sync::oneshot,
-    task::JoinHandle,
-};
+use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::transport::Channel;
 use user_service::{
     config::Settings, domain::UserStore, pb::user_service_client::UserServiceClient,
     server::Server, store::MemoryStore,
 };
 
-/// A server running in this process, stopped when dropped.
-pub struct TestApp {
+/// A server running in this process, stopped when dropped. Nobody is
+/// connected to it yet: the caller connects the way the test needs
+/// (plaintext through [`TestServer::connect`], TLS in `tls.rs`).
+pub struct TestServer {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub client: UserServiceClient<Channel>,
-    pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
+}
+
+/// A [`TestServer`] with a plaintext client connected to it, the way most
+/// tests use the server. Derefs to the server (addresses, shutdown).
+pub struct TestApp {
+    pub client: UserServiceClient<Channel>,
+    pub channel: Channel,
+    server: TestServer,
 }
 
 /// The `userctl` binary, built from this checkout. It belongs to the client
@@ -84,45 +87,117 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(settings: Settings) -> TestApp {
-    let server = Server::bind(settings).await.expect("bind");
-    start(server).await
+    TestServer::start(settings).await.connect().await
 }
 
 /// Starts a server on a store the caller owns (e.g. shared by two servers).
 pub async fn spawn_app_on(settings: Settings, store: Arc<dyn UserStore>) -> TestApp {
-    let server = Server::bind_with_store(settings, store)
-        .await
-        .expect("bind");
-    start(server).await
+    TestServer::start_on(settings, store).await.connect().await
 }
 
 pub fn memory_store() -> Arc<dyn UserStore> {
     Arc::new(MemoryStore::new(1024))
 }
 
-async fn start(server: Server) -> TestApp {
-    let grpc_addr = server.grpc_addr();
-    let admin_addr = server.admin_addr();
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(async move {
-        server
-            .run(async {
-                let _ = rx.await;
-            })
+impl TestServer {
+    /// Binds `settings` (port 0 in [`test_settings`]: the addresses are
+    /// the ones the listeners got), runs the server and waits until
+    /// `/readyz` says ready. The admin port is plaintext whatever the gRPC
+    /// port speaks, so this works for TLS servers too.
+    pub async fn start(settings: Settings) -> Self {
+        Self::run(Server::bind(settings).await.expect("bind")).await
+    }
+
+    /// Like [`TestServer::start`], on a store the caller owns.
+    pub async fn start_on(settings: Settings, store: Arc<dyn UserStore>) -> Self {
+        let server = Server::bind_with_store(settings, store)
             .await
-            .expect("server run");
-    });
-    let channel = connect(grpc_addr).await;
-    let app = TestApp {
-        grpc_addr,
-        admin_addr,
-        client: UserServiceClient::new(channel.clone()),
-        channel,
-        shutdown: Some(tx),
-        task: Some(task),
-    };
-    app.wait_ready().await;
-    app
+            .expect("bind");
+        Self::run(server).await
+    }
+
+    async fn run(server: Server) -> Self {
+        let grpc_addr = server.grpc_addr();
+        let admin_addr = server.admin_addr();
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = rx.await;
+                })
+                .await
+                .expect("server run");
+        });
+        let server = Self {
+            grpc_addr,
+            admin_addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        };
+        server.wait_ready().await;
+        server
+    }
+
+    /// Connects a plaintext client.
+    pub async fn connect(self) -> TestApp {
+        let channel = connect(self.grpc_addr).await;
+        TestApp {
+            client: UserServiceClient::new(channel.clone()),
+            channel,
+            server: self,
+        }
+    }
+
+    /// Waits until `/readyz` says ready (the first store check passed).
+    pub async fn wait_ready(&self) {
+        for _ in 0..100 {
+            if http_get(self.admin_addr, "/readyz").await.0 == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("server at {} never became ready", self.grpc_addr);
+    }
+
+    /// Starts the shutdown sequence and returns the server task.
+    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("already shut down")
+    }
+
+    /// Shuts down and waits for the sequence (background tasks included)
+    /// to finish.
+    pub async fn stop(mut self) {
+        let task = self.begin_shutdown();
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("shutdown timed out")
+            .expect("server task");
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl std::ops::Deref for TestApp {
+    type Target = TestServer;
+
+    fn deref(&self) -> &TestServer {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for TestApp {
+    fn deref_mut(&mut self) -> &mut TestServer {
+        &mut self.server
+    }
 }
 
 pub async fn connect(addr: SocketAddr) -> Channel {
@@ -155,93 +230,76 @@ impl TestApp {
         Ok(self.client.clone().get_user(request).await?.into_inner())
     }
 
-    /// Waits until `/readyz` says ready (the first store check passed).
-    pub async fn wait_ready(&self) {
-        for _ in 0..100 {
-            if http_get(self.admin_addr, "/readyz").await.0 == 200 {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("server at {} never became ready", self.grpc_addr);
-    }
-
-    /// Starts the shutdown sequence and returns the server task.
-    pub fn begin_shutdown(&mut self) -> JoinHandle<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.take().expect("already shut down")
-    }
-
     /// Shuts down and waits for the sequence to finish.
-    pub async fn stop(mut self) {
-        let task = self.begin_shutdown();
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("shutdown timed out")
-            .expect("server task");
+    pub async fn stop(self) {
+        self.server.stop().await;
     }
 }
 
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
-}
-
-/// A minimal HTTP/1.1 GET (no client library needed for probes and
-/// Prometheus queries): returns (status, body).
+/// GET `http://{addr}{path_and_query}`: returns (status, body), or
+/// `(0, "")` when there is no answer within 10 s (nothing listening yet,
+/// a reset), so callers can poll.
 pub async fn http_get(addr: SocketAddr, path_and_query: &str) -> (u16, String) {
-    let attempt = async {
-        let mut stream = TcpStream::connect(addr).await.ok()?;
-        let request = format!(
-            "GET {path_and_query} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAccept: */*\r\n\r\n"
-        );
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.ok()?;
-        let text = String::from_utf8_lossy(&raw).into_owned();
-        let (head, body) = text.split_once("\r\n\r\n")?;
-        let status = head.split_whitespace().nth(1)?.parse().ok()?;
-        let body = if head
-            .to_ascii_lowercase()
-            .contains("transfer-encoding: chunked")
-        {
-            dechunk(body)
-        } else {
-            body.to_owned()
-        };
-        Some((status, body))
+    let url = format!("http://{addr}{path_and_query}");
+    let answer = async {
+        let response = http_client().get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        Some((status, response.text().await.ok()?))
     };
-    match tokio::time::timeout(Duration::from_secs(10), attempt).await {
-        Ok(Some(answer)) => answer,
-        _ => (0, String::new()),
+    answer.await.unwrap_or_default()
+}
+
+/// One client for every test. It keeps no idle connections: each test has
+/// a runtime of its own, and a pooled connection would belong to the
+/// runtime of the test that opened it.
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        // reqwest is built without a bundled crypto provider (as for the
+        // service's JWKS client); these requests are plaintext, but building
+        // a client needs one. An error means one is installed already.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        reqwest::Client::builder()
+            .no_proxy()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(10))
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("build the HTTP client")
+    })
+}
+
+/// A loopback address nothing listens on, for a test that needs a peer
+/// that is not there (an unreachable collector or database). The port is
+/// bound but never listened on, so connections to it are refused and no
+/// other test or process can take it while this value lives: keep it
+/// alive as long as the address is in use.
+pub struct UnusedAddr {
+    _reserved: tokio::net::TcpSocket,
+    pub addr: SocketAddr,
+}
+
+pub fn unused_addr() -> UnusedAddr {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().unwrap())
+        .expect("bind 127.0.0.1:0");
+    let addr = socket.local_addr().expect("local address");
+    UnusedAddr {
+        _reserved: socket,
+        addr,
     }
 }
 
-fn dechunk(mut body: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = body.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if size == 0 || rest.len() < size {
-            break;
-        }
-        out.push_str(&rest[..size]);
-        body = rest[size..].trim_start_matches("\r\n");
-    }
-    out
-}
-
-/// A loopback address that was free a moment ago, for a child process to
-/// bind (it cannot take port 0 and report back as easily as in-process).
-pub fn free_addr() -> SocketAddr {
+/// A loopback port that was free a moment ago, for a child process that
+/// must be told its port number and cannot report one it chose itself
+/// (the PostgreSQL postmaster of `pg::OwnCluster`, which also restarts on
+/// the same port). Racy by nature: another process may take it first, so
+/// the caller must retry with a new one when the child cannot bind it.
+/// Servers of this project bind port 0 instead ([`spawn_child`]).
+pub fn unreserved_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
+    listener.local_addr().unwrap().port()
 }
 
 /// A unique, valid email for tests that create users.
@@ -266,54 +324,136 @@ pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// The real binary as a child process (for signals, exit codes and its own
-/// memory figures), on free loopback ports and the memory store unless
+/// The real binary as a child process (for signals, exit codes, its own
+/// memory figures and its log), on port 0 and the memory store unless
 /// `env` says otherwise. Killed when dropped.
 pub struct ChildApp {
     pub child: std::process::Child,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The lines the process wrote to stdout (its JSON log) and stderr,
+    /// as they come; the readers stop at the process's exit.
+    stdout: Arc<std::sync::Mutex<Vec<String>>>,
+    stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
 }
 
 /// Starts the binary with `env` (`USER_SERVICE__...` pairs) and waits until
 /// `/readyz` says ready.
 pub async fn spawn_child(env: &[(&str, &str)]) -> ChildApp {
-    let (grpc_addr, admin_addr) = (free_addr(), free_addr());
+    let app = start_child(env).await;
+    app.wait_ready().await;
+    app
+}
+
+/// Starts the binary on port 0 with a JSON log and `env` on top, and waits
+/// for its `serving` line, which names the addresses its listeners got.
+/// It does not wait for readiness (see [`spawn_child`]). The child gets
+/// none of this process's `USER_SERVICE__*`, `OTEL_*` or `RUST_LOG`
+/// variables, only `env`. The launcher's log level shows only warnings and
+/// that line; `env` may raise it (with `USER_SERVICE__LOG__LEVEL` or
+/// `RUST_LOG`), not lower it below `info` for `user_service::server`.
+pub async fn start_child(env: &[(&str, &str)]) -> ChildApp {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_user-service"));
     command
-        .args([
-            "--grpc-addr",
-            &grpc_addr.to_string(),
-            "--admin-addr",
-            &admin_addr.to_string(),
-        ])
-        .env_remove("USER_SERVICE__STORE__URL")
-        .env("USER_SERVICE__LOG__LEVEL", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
+        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
+        .env("USER_SERVICE__LOG__FORMAT", "json")
+        .env("USER_SERVICE__LOG__LEVEL", "warn,user_service::server=info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (key, _) in std::env::vars_os() {
+        let key = key.to_string_lossy();
+        if key.starts_with("USER_SERVICE__") || key.starts_with("OTEL_") || key == "RUST_LOG" {
+            command.env_remove(&*key);
+        }
+    }
     for (key, value) in env {
         command.env(key, value);
     }
-    let child = command.spawn().expect("spawn the binary");
-    let app = ChildApp {
+    let mut child = command.spawn().expect("spawn the binary");
+    type Lines = Arc<std::sync::Mutex<Vec<String>>>;
+    let (stdout_lines, stderr_lines): (Lines, Lines) = (Arc::default(), Arc::default());
+    let (serving_tx, serving_rx) = oneshot::channel::<(SocketAddr, SocketAddr)>();
+    let stdout = child.stdout.take().expect("piped stdout");
+    let stderr = child.stderr.take().expect("piped stderr");
+    // Threads, not tasks: they must keep draining the pipes (a full pipe
+    // would stall the server) whatever the test's runtime is doing.
+    let sink = Arc::clone(&stdout_lines);
+    let stdout_reader = std::thread::spawn(move || {
+        let mut serving_tx = Some(serving_tx);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if serving_tx.is_some() {
+                if let Some(addrs) = serving_addrs(&line) {
+                    let _ = serving_tx.take().unwrap().send(addrs);
+                }
+            }
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let sink = Arc::clone(&stderr_lines);
+    let stderr_reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let serving = tokio::time::timeout(Duration::from_secs(20), serving_rx).await;
+    let mut app = ChildApp {
         child,
-        grpc_addr,
-        admin_addr,
+        grpc_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        stdout: stdout_lines,
+        stderr: stderr_lines,
+        readers: vec![stdout_reader, stderr_reader],
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while http_get(admin_addr, "/readyz").await.0 != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the binary never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    match serving {
+        Ok(Ok((grpc_addr, admin_addr))) => {
+            app.grpc_addr = grpc_addr;
+            app.admin_addr = admin_addr;
+            app
+        }
+        Ok(Err(_)) => {
+            let exit = app.wait_exit(Duration::from_secs(5)).await;
+            panic!(
+                "the binary stopped before its `serving` line ({exit:?}):\n{}",
+                app.output()
+            )
+        }
+        Err(_) => panic!("no `serving` line within 20s:\n{}", app.output()),
     }
-    app
+}
+
+/// The gRPC and admin addresses of a `serving` log line.
+fn serving_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let json: serde_json::Value = serde_json::from_str(line).ok()?;
+    if json["message"] != "serving" {
+        return None;
+    }
+    let addr = |key: &str| json[key].as_str()?.parse().ok();
+    Some((addr("grpc_addr")?, addr("admin_addr")?))
 }
 
 impl ChildApp {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Waits until `/readyz` says ready.
+    pub async fn wait_ready(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while http_get(self.admin_addr, "/readyz").await.0 != 200 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the binary never became ready:\n{}",
+                self.output()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Sends a signal (`-TERM`, `-INT`, `-STOP`, ...) with kill(1).
@@ -337,6 +477,45 @@ impl ChildApp {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The log (stdout) lines so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    /// The log lines so far that are JSON objects.
+    pub fn log_json(&self) -> Vec<serde_json::Value> {
+        self.log_lines()
+            .iter()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+
+    /// Everything written so far, stdout then stderr, for checks that
+    /// nothing reached any output and for failure messages.
+    pub fn output(&self) -> String {
+        let mut all = String::new();
+        for line in self.log_lines().iter().chain(&*self.stderr.lock().unwrap()) {
+            all.push_str(line);
+            all.push('\n');
+        }
+        all
+    }
+
+    /// SIGTERM, then the exit status within `within`; the output is then
+    /// complete.
+    pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("-TERM");
+        let exit = self
+            .wait_exit(within)
+            .await
+            .unwrap_or_else(|| panic!("no exit within {within:?} of SIGTERM"));
+        // The pipes close with the process: the readers end at once.
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+        exit
     }
 
     /// Resident memory of the process, in KiB (VmRSS in /proc).

@@ -22,18 +22,16 @@ use opentelemetry_proto::tonic::{
     common::v1::{any_value::Value as AnyValue, KeyValue},
     trace::v1::{span::SpanKind, status::StatusCode, Span},
 };
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    net::TcpListener,
-    process::{Child, Command},
-};
+use tokio::{net::TcpListener, process::Command};
 use tonic::{metadata::MetadataValue, transport::server::TcpIncoming, Code, Request};
 use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
 use user_service::pb::{
     user_service_client::UserServiceClient, GetUserRequest, ListUsersRequest, WatchUsersRequest,
 };
 
-use crate::helpers::{connect, create_request, free_addr, http_get, spawn_app};
+use crate::helpers::{
+    connect, create_request, http_get, spawn_app, spawn_child, unused_addr, ChildApp,
+};
 
 // ---------------------------------------------------------------- metrics
 
@@ -315,6 +313,40 @@ fn result_value(result: &serde_json::Value) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// The address Prometheus listens on, from its `msg="Listening on"
+/// address=...` log line (it names the port it got for port 0).
+async fn prometheus_addr(
+    log: &std::path::Path,
+    prometheus: &mut tokio::process::Child,
+) -> SocketAddr {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter(|l| l.contains("msg=\"Listening on\""))
+            .find_map(|l| {
+                l.split_once(" address=")?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+        if let Some(addr) = found {
+            return addr;
+        }
+        if let Ok(Some(exit)) = prometheus.try_wait() {
+            panic!("prometheus exited ({exit}) before listening:\n{text}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prometheus never listened:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_real_prometheus_scrapes_the_grpc_series() {
     let binary = std::env::var("PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
@@ -352,10 +384,10 @@ async fn a_real_prometheus_scrapes_the_grpc_series() {
         ),
     )
     .unwrap();
-    // Our own Prometheus on a free loopback port: one already running on
+    // Our own Prometheus on port 0 of the loopback: one already running on
     // this machine (on :9090 or anywhere else) is neither needed nor touched.
-    let prom_addr = free_addr();
-    let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+    let log_path = dir.path().join("prometheus.log");
+    let log = std::fs::File::create(&log_path).unwrap();
     // kill_on_drop: a failing assertion below still stops this child (and
     // only this child, by its PID).
     let mut prometheus = Command::new(&binary)
@@ -364,12 +396,13 @@ async fn a_real_prometheus_scrapes_the_grpc_series() {
             "--storage.tsdb.path={}",
             dir.path().join("data").display()
         ))
-        .arg(format!("--web.listen-address={prom_addr}"))
+        .arg("--web.listen-address=127.0.0.1:0")
         .stdout(Stdio::null())
         .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .expect("start prometheus");
+    let prom_addr = prometheus_addr(&log_path, &mut prometheus).await;
 
     let handled = r#"grpc_server_handled_total{job="user-service",grpc_type="unary",grpc_service="user.v1.UserService",grpc_method="GetUser",grpc_code="NotFound"}"#;
     let created = r#"grpc_server_handled_total{job="user-service",grpc_type="unary",grpc_service="user.v1.UserService",grpc_method="CreateUser",grpc_code="OK"}"#;
@@ -482,102 +515,21 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The binary, running with JSON logs on ephemeral ports; its stdout lines
-/// are collected as they come.
-struct Binary {
-    child: Child,
-    grpc: SocketAddr,
-    admin: SocketAddr,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-async fn start_binary(otlp_endpoint: &str) -> Binary {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_user-service"))
-        .args([
-            "--grpc-addr",
-            "127.0.0.1:0",
-            "--admin-addr",
-            "127.0.0.1:0",
-            "--log-format",
-            "json",
-            "--log-level",
-            "info",
-        ])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint)
-        .env("OTEL_BSP_SCHEDULE_DELAY", "100")
-        .env(
+/// The binary with its JSON log at `info`, exporting spans to
+/// `otlp_endpoint` every 100 ms.
+async fn start_binary(otlp_endpoint: &str) -> ChildApp {
+    spawn_child(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        (
             "OTEL_RESOURCE_ATTRIBUTES",
             "deployment.environment.name=test",
-        )
-        .env("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms")
-        .env("USER_SERVICE__SHUTDOWN__TIMEOUT", "2s")
-        .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_TRACES_SAMPLER")
-        .env_remove("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
-        .env_remove("USER_SERVICE__STORE__URL")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start the binary");
-    let stdout = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let (addr_tx, addr_rx) = tokio::sync::oneshot::channel();
-    let sink = Arc::clone(&lines);
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stdout).lines();
-        let mut addr_tx = Some(addr_tx);
-        while let Ok(Some(line)) = reader.next_line().await {
-            if let Ok(json) = serde_json::from_str::<serde_json::Value>(&line) {
-                if json["message"] == "serving" {
-                    let parse = |k: &str| json[k].as_str().and_then(|a| a.parse().ok());
-                    if let (Some(tx), Some(grpc), Some(admin)) =
-                        (addr_tx.take(), parse("grpc_addr"), parse("admin_addr"))
-                    {
-                        let _ = tx.send((grpc, admin));
-                    }
-                }
-            }
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let (grpc, admin): (SocketAddr, SocketAddr) =
-        tokio::time::timeout(Duration::from_secs(20), addr_rx)
-            .await
-            .expect("no `serving` line within 20s")
-            .expect("stdout closed before `serving`");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while http_get(admin, "/readyz").await.0 != 200 {
-        assert!(Instant::now() < deadline, "never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Binary {
-        child,
-        grpc,
-        admin,
-        lines,
-    }
-}
-
-impl Binary {
-    /// SIGTERM, then the exit status (bounded wait).
-    async fn terminate(mut self) -> (std::process::ExitStatus, Vec<String>) {
-        let pid = self.child.id().expect("running").to_string();
-        let status = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let exit = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
-            .await
-            .expect("did not exit within 15s of SIGTERM")
-            .unwrap();
-        // Let the reader drain what is left.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let lines = self.lines.lock().unwrap().clone();
-        (exit, lines)
-    }
+        ),
+        ("USER_SERVICE__LOG__LEVEL", "info"),
+        ("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms"),
+        ("USER_SERVICE__SHUTDOWN__TIMEOUT", "2s"),
+    ])
+    .await
 }
 
 fn with_traceparent<T>(message: T, trace_id: &str, parent_id: &str) -> Request<T> {
@@ -593,10 +545,10 @@ fn with_traceparent<T>(message: T, trace_id: &str, parent_id: &str) -> Request<T
 #[tokio::test]
 async fn spans_continue_the_callers_trace_and_logs_carry_its_id() {
     let (collector, received) = start_collector().await;
-    let binary = start_binary(&format!("http://{collector}")).await;
-    let channel = connect(binary.grpc).await;
+    let mut binary = start_binary(&format!("http://{collector}")).await;
+    let channel = connect(binary.grpc_addr).await;
     let mut client = UserServiceClient::new(channel.clone());
-    let admin = binary.admin;
+    let admin = binary.admin_addr;
 
     let new_id = || uuid::Uuid::now_v7().simple().to_string();
     let (get_trace, create_trace) = (new_id(), new_id());
@@ -711,8 +663,9 @@ async fn spans_continue_the_callers_trace_and_logs_carry_its_id() {
         );
     }
 
-    let (exit, lines) = binary.terminate().await;
+    let exit = binary.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "{exit:?}");
+    let lines = binary.log_lines();
 
     // Logs: every line is JSON; the finished-call line carries the trace.
     let logs: Vec<serde_json::Value> = lines
@@ -745,16 +698,17 @@ async fn spans_continue_the_callers_trace_and_logs_carry_its_id() {
 
 #[tokio::test]
 async fn an_unreachable_collector_neither_blocks_startup_nor_shutdown() {
-    // Nothing listens on the port we just released.
-    let nowhere = free_addr();
+    // Nothing listens on this port (and nothing can while `nowhere` lives).
+    let nowhere = unused_addr();
     let started = Instant::now();
-    let binary = start_binary(&format!("http://{nowhere}")).await;
+    let mut binary = start_binary(&format!("http://{}", nowhere.addr)).await;
     assert!(started.elapsed() < Duration::from_secs(15));
-    let mut client = UserServiceClient::new(connect(binary.grpc).await);
+    let mut client = UserServiceClient::new(connect(binary.grpc_addr).await);
     client.create_user(create_request("nowhere")).await.unwrap();
     let stopping = Instant::now();
-    let (exit, lines) = binary.terminate().await;
+    let exit = binary.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "{exit:?}");
+    let lines = binary.log_lines();
     // drain 100ms + flush budget 5s, with room for a slow machine.
     assert!(
         stopping.elapsed() < Duration::from_secs(12),

@@ -52,7 +52,9 @@ async fn outage(what: Kind) {
         Kind::Stopped => ("stopped", "stopped"),
         Kind::Hung => ("hung (SIGSTOP)", "hung"),
     };
-    let cluster = OwnCluster::start_new();
+    let Some(cluster) = OwnCluster::start_new() else {
+        return;
+    };
     let mut settings = test_settings();
     settings.store.url = StoreUrl::parse(&cluster.url()).unwrap();
     settings.store.acquire_timeout = ACQUIRE;

