@@ -1,7 +1,7 @@
 # The two commands a newcomer needs:
 #   cargo run --release     run the service (in-memory store, ports 50051/8080)
 #   make test               install test tools and run every test
-.PHONY: run test lint fmt build release fuzz bench bench-smoke bench-ghz profile clean-tools proto-release soak cluster-up cluster-down test-cluster
+.PHONY: run test lint fmt build release fuzz bench bench-smoke bench-ghz profile clean-tools proto-release soak overload cluster-up cluster-down test-cluster
 
 run:
 	cargo run --release
@@ -48,6 +48,14 @@ profile:
 # latest figures are in RELIABILITY.md). SOAK_ARGS="--minutes 2" to shorten.
 soak:
 	pg_virtualenv -t python3 bench/soak.py $(SOAK_ARGS)
+
+# The release build with grpc.max_concurrent_requests set (512, the chart's
+# value for one CPU, and a small one), open-loop at twice its GetUser and
+# its CreateUser capacity: accepted and refused calls' latency, RSS, health;
+# then 50 connections x 1000 open WatchUsers streams (bench/overload.py;
+# the latest figures are in RELIABILITY.md). OVERLOAD_ARGS="--limits 32".
+overload:
+	python3 bench/overload.py $(OVERLOAD_ARGS)
 
 # The older ghz scenarios against this service alone (CreateUser, health).
 bench-ghz:

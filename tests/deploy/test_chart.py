@@ -77,6 +77,43 @@ REFUSED = [
     pytest.param("additional properties 'secret' not allowed", ["--set", "auth.secret=x"], id="an unknown auth key"),
     pytest.param("tls.secretName", ["--set", "tls.enabled=true"], id="TLS without a Secret"),
     pytest.param("tls.clientAuth needs tls.enabled", ["--set", "tls.clientAuth=true"], id="client auth without TLS"),
+    pytest.param("resources has neither limits.cpu nor requests.cpu", ["--set", "resources.requests.cpu=null"],
+                 id="a concurrency limit to derive from no CPU value"),
+    pytest.param("/resources/limits/cpu", ["--set-string", "resources.limits.cpu=2Gi"], id="a CPU quantity in bytes"),
+    pytest.param("/resources/requests/cpu", ["--set-string", "resources.requests.cpu=-1"], id="a negative CPU"),
+    pytest.param("/resources/requests/cpu", ["--set-string", "resources.requests.cpu=half"], id="a CPU that is no number"),
+    pytest.param("/config/maxConcurrentRequests", ["--set", "config.maxConcurrentRequests=-1"],
+                 id="a negative concurrency limit"),
+    pytest.param("/config/maxConcurrentRequests", ["--set-string", "config.maxConcurrentRequests=lots"],
+                 id="a concurrency limit that is no number"),
+    pytest.param("/config/maxConcurrentRequestsPerCpu", ["--set", "config.maxConcurrentRequestsPerCpu=0"],
+                 id="no calls per CPU"),
+    pytest.param("/config/maxConcurrentRequestsMin", ["--set", "config.maxConcurrentRequestsMin=0"],
+                 id="a derived limit with no floor"),
+]
+
+# (helm arguments, grpc.max_concurrent_requests expected), by what the chart
+# must derive from the container's CPU or take as given.
+CONCURRENCY = [
+    pytest.param([], "128", id="the default 250m request: 512 per CPU"),
+    pytest.param(["--set-string", "resources.limits.cpu=500m"], "256", id="a 500m limit wins over the 250m request"),
+    pytest.param(["--set-string", "resources.limits.cpu=2"], "1024", id="a limit of \"2\" cores"),
+    pytest.param(["--set", "resources.limits.cpu=2"], "1024", id="a limit of 2 cores as a number"),
+    pytest.param(["--set-json", "resources.limits.cpu=1.5"], "768", id="a limit of 1.5 cores as a number"),
+    pytest.param(["--set-string", "resources.requests.cpu=1.5"], "768", id="a request of \"1.5\" cores"),
+    pytest.param(["--set-string", "resources.requests.cpu=1500m"], "768", id="a request of 1500m"),
+    pytest.param(["--set-string", "resources.requests.cpu=100m"], "52", id="100m: rounded up"),
+    pytest.param(["--set-string", "resources.requests.cpu=10m"], "32", id="10m: the floor"),
+    pytest.param(["--set-string", "resources.requests.cpu=0.0015"], "32", id="a sub-millicore fraction"),
+    pytest.param(["--set-string", "resources.requests.cpu=2", "--set", "config.maxConcurrentRequestsPerCpu=64",
+                  "--set", "config.maxConcurrentRequestsMin=16"], "128", id="per-CPU and floor from the values"),
+    pytest.param(["--set-string", "resources.requests.cpu=100m", "--set", "config.maxConcurrentRequestsMin=64"], "64",
+                 id="a raised floor"),
+    pytest.param(["--set-string", "resources.limits.cpu=4", "--set", "config.maxConcurrentRequests=7"], "7",
+                 id="an explicit value wins over the CPU"),
+    pytest.param(["--set", "config.maxConcurrentRequests=0"], "0", id="an explicit 0: no limit"),
+    pytest.param(["--set", "resources.requests.cpu=null", "--set", "config.maxConcurrentRequests=200"], "200",
+                 id="an explicit value needs no CPU"),
 ]
 
 AUTOSCALING = ("--set", "autoscaling.enabled=true", "--set", "autoscaling.minReplicas=2",
@@ -295,3 +332,17 @@ def test_autoscaling_replicas_from_the_live_deployment(helm, tmp_path, live, wan
 def test_autoscaling_off_uses_replica_count_whatever_runs_now(helm, tmp_path):
     got, _ = replicas_against(helm, tmp_path, None, "--set", "replicaCount=4")
     assert got == "4", f"replicas: {got}, expected 4"
+
+
+def server_env(helm, *args):
+    """The server container's environment, NAME -> value, rendered from the
+    default values with ARGS."""
+    out = helm.rendered("r", CHART, "--kube-version", KUBE_VERSION, "--show-only", "templates/deployment.yaml", *args)
+    container = yaml.safe_load(out)["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+@pytest.mark.parametrize(("args", "want"), CONCURRENCY)
+def test_concurrency_limit_from_the_cpu(helm, args, want):
+    got = server_env(helm, *args).get("USER_SERVICE__GRPC__MAX_CONCURRENT_REQUESTS")
+    assert got == want, f"grpc.max_concurrent_requests {got!r}, expected {want!r}"

@@ -5,6 +5,7 @@ failure lists every broken fact of its area."""
 
 import base64
 import json
+import math
 import re
 
 import pytest
@@ -71,6 +72,41 @@ def test_server_settings(render_set, value_set):
     check(env["USER_SERVICE__ADMIN__ADDR"]["value"] == f"0.0.0.0:{cports.get('admin')}", "admin address and container port differ")
     check(env.get("USER_SERVICE__LOG__FORMAT", {}).get("value") == "json", "logs are not JSON")
     check(env.get("OTEL_SERVICE_NAME", {}).get("value"), "OTEL_SERVICE_NAME not set")
+    problems.assert_none(value_set)
+
+
+def values_of(value_set):
+    """The values a value set gives (for "default": the chart's values.yaml)."""
+    path = CHART / ("values.yaml" if value_set == "default" else f"ci/{value_set}.yaml")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def cpu_millis(quantity):
+    """A Kubernetes CPU quantity (2, 1.5, "1.5", "500m") in millicores,
+    sub-millicore fractions rounded up as the API server does."""
+    text = str(quantity)
+    cores = float(text[:-1]) / 1000 if text.endswith("m") else float(text)
+    return math.ceil(round(cores * 1000, 6))
+
+
+@each_value_set
+def test_concurrency_limit_follows_the_pods_cpu(render_set, value_set):
+    """Unless a value set gives grpc.max_concurrent_requests, the pod gets
+    ceil(cores x per-CPU), at least the floor: its CPU limit, else its
+    request. Computed here from the rendered container, not from values."""
+    m, problems = render_set(value_set), Problems()
+    given = values_of(value_set).get("config", {})
+    defaults = values_of("default")["config"]
+    got = m.env.get("USER_SERVICE__GRPC__MAX_CONCURRENT_REQUESTS", {}).get("value")
+    if given.get("maxConcurrentRequests") is not None:
+        want = str(given["maxConcurrentRequests"])
+    else:
+        res = m.container["resources"]
+        cpu = res.get("limits", {}).get("cpu") or res.get("requests", {}).get("cpu")
+        per_cpu = given.get("maxConcurrentRequestsPerCpu", defaults["maxConcurrentRequestsPerCpu"])
+        floor = given.get("maxConcurrentRequestsMin", defaults["maxConcurrentRequestsMin"])
+        want = str(max(floor, math.ceil(cpu_millis(cpu) * per_cpu / 1000)))
+    problems.check(got == want, f"grpc.max_concurrent_requests {got!r}, expected {want!r} from the pod's CPU")
     problems.assert_none(value_set)
 
 

@@ -139,6 +139,45 @@ capabilities:
 {{- if .Values.tls.enabled -}}http{{- else -}}{{ .Values.probes.type }}{{- end -}}
 {{- end -}}
 
+{{/* The CPU the container gets, in millicores: resources.limits.cpu, or
+resources.requests.cpu when there is no CPU limit (the process may then use
+more, but is only sure of its request); 0 when neither is set. Kubernetes
+quantities: cores as a number or string (2, 1.5, "1.5") or millicores
+("500m"); the schema refuses other forms. Sub-millicore precision rounds up,
+as the API server does. */}}
+{{- define "user-service.cpuMillis" -}}
+{{- $cpu := dig "limits" "cpu" "" .Values.resources -}}
+{{- if not $cpu -}}
+{{- $cpu = dig "requests" "cpu" "" .Values.resources -}}
+{{- end -}}
+{{- $s := toString $cpu -}}
+{{- if not $cpu -}}
+0
+{{- else if hasSuffix "m" $s -}}
+{{- ceil (round (float64 (trimSuffix "m" $s)) 6) | int -}}
+{{- else -}}
+{{- ceil (round (mulf (float64 $s) 1000) 6) | int -}}
+{{- end -}}
+{{- end -}}
+
+{{/* grpc.max_concurrent_requests. config.maxConcurrentRequests when set
+(0 = no limit); else ceil(cores x config.maxConcurrentRequestsPerCpu), at
+least config.maxConcurrentRequestsMin: how many calls a pod can hold within
+a deadline scales with the CPU it gets. */}}
+{{- define "user-service.maxConcurrentRequests" -}}
+{{- $c := .Values.config -}}
+{{- if not (kindIs "invalid" $c.maxConcurrentRequests) -}}
+{{- $c.maxConcurrentRequests | int -}}
+{{- else -}}
+{{- $millis := include "user-service.cpuMillis" . | int -}}
+{{- if eq $millis 0 -}}
+{{- fail "config.maxConcurrentRequests is derived from the container's CPU, but resources has neither limits.cpu nor requests.cpu: set resources.requests.cpu, or config.maxConcurrentRequests" -}}
+{{- end -}}
+{{- $perCpu := int $c.maxConcurrentRequestsPerCpu -}}
+{{- max (int $c.maxConcurrentRequestsMin) (div (add (mul $millis $perCpu) 999) 1000) -}}
+{{- end -}}
+{{- end -}}
+
 {{/* Refuses value combinations that render valid objects but misbehave. */}}
 {{- define "user-service.validate" -}}
 {{- $c := .Values.config -}}

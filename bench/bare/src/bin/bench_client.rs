@@ -18,8 +18,26 @@
 //! `{"users":N,"seconds":S,"code":"OK"}`.
 //!
 //!   bench-client list --addr 127.0.0.1:50051 --timeout-s 300
+//!
+//! `probe`: open-loop GetUser calls at `--rate` per second and gRPC health
+//! checks at `--health-rate` per second (alternating `""` and
+//! `user.v1.UserService`) for `--seconds`, each call on a schedule of its
+//! own whether or not earlier ones have answered, so it sees what a load
+//! generator's calls see; prints per gRPC code the count and latency
+//! percentiles (from the call's start to its status). For what a load
+//! generator cannot tell: h2load sees HTTP 200 for OK and for
+//! RESOURCE_EXHAUSTED alike (gRPC puts the code in trailers).
+//!
+//!   bench-client probe --addr 127.0.0.1:50051 --user-id <id> --rate 1000 \
+//!     --health-rate 50 --seconds 10 --timeout-ms 5000
+//!
+//! `--method create` sends CreateUser calls instead (an email of their own
+//! each, so each costs one argon2id hash); `--closed N` runs N loops that
+//! call again as soon as the last call answered instead of `--rate`. The
+//! answer's `"get"` holds the calls of either method.
 
 use std::{
+    collections::BTreeMap,
     fs::File,
     process::{ExitCode, Stdio},
     time::{Duration, Instant},
@@ -47,7 +65,10 @@ async fn main() -> ExitCode {
             "startup" => startup(flags).await,
             "list" => list(flags).await,
             "create" => create(flags).await,
-            _ => Err("usage: bench-client startup|list|create --addr HOST:PORT ...".to_owned()),
+            "probe" => probe(flags).await,
+            _ => {
+                Err("usage: bench-client startup|list|create|probe --addr HOST:PORT ...".to_owned())
+            }
         },
     };
     match result {
@@ -224,5 +245,196 @@ async fn create(flags: Flags) -> Result<ExitCode, String> {
         .map_err(|s| format!("CreateUser: {:?}: {}", s.code(), s.message()))?
         .into_inner();
     println!("{{\"id\":\"{}\"}}", user.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One answered (or timed-out) probe call: its gRPC code and latency.
+type Outcome = (String, Duration);
+
+/// Latency figures of one group of outcomes, as a JSON object.
+fn summary(mut latencies: Vec<Duration>) -> String {
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        // Nearest rank, as bench.py's percentiles().
+        let rank = (p * latencies.len() as f64).ceil() as usize;
+        latencies[rank.clamp(1, latencies.len()) - 1].as_secs_f64() * 1e3
+    };
+    format!(
+        "{{\"count\":{},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"max_ms\":{:.3}}}",
+        latencies.len(),
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    )
+}
+
+fn by_code(outcomes: Vec<Outcome>) -> String {
+    let mut groups: BTreeMap<String, Vec<Duration>> = BTreeMap::new();
+    for (code, latency) in outcomes {
+        groups.entry(code).or_default().push(latency);
+    }
+    let parts: Vec<String> = groups
+        .into_iter()
+        .map(|(code, latencies)| format!("\"{code}\":{}", summary(latencies)))
+        .collect();
+    format!("{{{}}}", parts.join(","))
+}
+
+/// Calls `call` every 1/rate seconds for `seconds`, each in a task of its
+/// own, and collects the outcomes once the last has answered.
+async fn open_loop<F, Fut>(rate: f64, seconds: f64, call: F) -> Vec<Outcome>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = String> + 'static,
+{
+    if rate <= 0.0 {
+        return Vec::new();
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    // Keep the schedule: calls that fell behind are sent at once.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let until = tokio::time::Instant::now() + Duration::from_secs_f64(seconds);
+    let mut n = 0u64;
+    while tick.tick().await < until {
+        let tx = tx.clone();
+        let fut = call(n);
+        n += 1;
+        tokio::task::spawn_local(async move {
+            let started = Instant::now();
+            let code = fut.await;
+            let _ = tx.send((code, started.elapsed()));
+        });
+    }
+    drop(tx);
+    let mut outcomes = Vec::new();
+    while let Some(outcome) = rx.recv().await {
+        outcomes.push(outcome);
+    }
+    outcomes
+}
+
+/// Runs `workers` loops, each calling `call` again as soon as the last call
+/// answered, for `seconds`: a closed loop.
+async fn closed_loop<F, Fut>(workers: usize, seconds: f64, call: F) -> Vec<Outcome>
+where
+    F: Fn(u64) -> Fut + Clone + 'static,
+    Fut: std::future::Future<Output = String> + 'static,
+{
+    let until = Instant::now() + Duration::from_secs_f64(seconds);
+    let next = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let mut loops = Vec::new();
+    for _ in 0..workers {
+        let (call, next) = (call.clone(), next.clone());
+        loops.push(tokio::task::spawn_local(async move {
+            let mut outcomes = Vec::new();
+            while Instant::now() < until {
+                let n = next.get();
+                next.set(n + 1);
+                let started = Instant::now();
+                let code = call(n).await;
+                outcomes.push((code, started.elapsed()));
+            }
+            outcomes
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for handle in loops {
+        outcomes.extend(handle.await.unwrap_or_default());
+    }
+    outcomes
+}
+
+async fn probe(flags: Flags) -> Result<ExitCode, String> {
+    let addr = flags.required("addr")?;
+    let user_id = flags.required("user-id")?.to_owned();
+    let method = flags.get("method").unwrap_or("get").to_owned();
+    if method != "get" && method != "create" {
+        return Err(format!("--method: get or create, not {method:?}"));
+    }
+    let rate: f64 = flags.number("rate", 1000.0)?;
+    let closed: usize = flags.number("closed", 0usize)?;
+    let health_rate: f64 = flags.number("health-rate", 50.0)?;
+    let seconds: f64 = flags.number("seconds", 10.0)?;
+    let timeout = Duration::from_millis(flags.number("timeout-ms", 5000u64)?);
+    // Health on a connection of its own, as the kubelet's probes are.
+    let connect = |what: &'static str| {
+        let endpoint = endpoint(addr, timeout);
+        async move {
+            endpoint?
+                .connect()
+                .await
+                .map_err(|e| format!("connect {addr} ({what}): {e}"))
+        }
+    };
+    let users = UserServiceClient::new(connect("users").await?);
+    let health = HealthClient::new(connect("health").await?);
+    let pid = std::process::id();
+    // GetUser of one user, or CreateUser with an email of its own per call
+    // (each costs one argon2id hash).
+    let call = move |n: u64| {
+        let mut client = users.clone();
+        let (method, user_id) = (method.clone(), user_id.clone());
+        async move {
+            let answer = if method == "create" {
+                client
+                    .create_user(CreateUserRequest {
+                        email: format!("probe-{pid}-{n}@example.com"),
+                        name: "Probe".to_owned(),
+                        password: "correct horse battery".to_owned(),
+                    })
+                    .await
+                    .map(|_| ())
+            } else {
+                client
+                    .get_user(GetUserRequest { user_id })
+                    .await
+                    .map(|_| ())
+            };
+            match answer {
+                Ok(()) => "OK".to_owned(),
+                Err(s) => format!("{:?}", s.code()),
+            }
+        }
+    };
+
+    let local = tokio::task::LocalSet::new();
+    let (calls, checks) = local
+        .run_until(async {
+            let calls = async {
+                if closed > 0 {
+                    closed_loop(closed, seconds, call).await
+                } else {
+                    open_loop(rate, seconds, call).await
+                }
+            };
+            let checks = open_loop(health_rate, seconds, |n| {
+                let mut client = health.clone();
+                let service = if n % 2 == 0 {
+                    ""
+                } else {
+                    "user.v1.UserService"
+                };
+                let request = HealthCheckRequest {
+                    service: service.to_owned(),
+                };
+                async move {
+                    match client.check(request).await {
+                        Ok(r) if r.get_ref().status == ServingStatus::Serving as i32 => {
+                            "SERVING".to_owned()
+                        }
+                        Ok(r) => format!("status {}", r.get_ref().status),
+                        Err(s) => format!("{:?}", s.code()),
+                    }
+                }
+            });
+            tokio::join!(calls, checks)
+        })
+        .await;
+    println!(
+        "{{\"get\":{},\"health\":{}}}",
+        by_code(calls),
+        by_code(checks)
+    );
     Ok(ExitCode::SUCCESS)
 }
