@@ -48,7 +48,7 @@ def pg_url():
     return f"postgres://{auth}@{q(host, safe='')}:{port}/{os.environ.get('PGDATABASE', 'postgres')}"
 
 
-def start(store):
+def start(store, minutes):
     """The release server as the chart runs it, on free loopback ports."""
     addr, admin = f"127.0.0.1:{bench.free_port()}", f"127.0.0.1:{bench.free_port()}"
     env = {
@@ -56,6 +56,11 @@ def start(store):
         "USER_SERVICE__GRPC__ADDR": addr, "USER_SERVICE__ADMIN__ADDR": admin,
         "USER_SERVICE__LOG__FORMAT": "json", "USER_SERVICE__LOG__LEVEL": "info",
         "USER_SERVICE__SHUTDOWN__DRAIN_DELAY": "0s",
+        # h2load does not reconnect after a GOAWAY: at the chart's 5-minute
+        # connection age the load would stop half way through a 10-minute
+        # run. Recycling under load is proven by tests/it/connections.rs;
+        # here the connections must outlive the run.
+        "USER_SERVICE__GRPC__MAX_CONNECTION_AGE": f"{minutes * 60 + 600}s",
     }
     if store == "postgres":
         env["USER_SERVICE__STORE__URL"] = pg_url()
@@ -88,7 +93,7 @@ def sample(pid):
 
 
 def soak(store, minutes, work):
-    proc, target, user_id = start(store)
+    proc, target, user_id = start(store, minutes)
     pid = proc.pid  # taskset execs the server: same pid
     body = os.path.join(work, f"{store}.frame")
     with open(body, "wb") as f:
