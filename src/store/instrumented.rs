@@ -237,19 +237,32 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
 
-    /// A memory store that reports a pool, as PostgreSQL does.
-    struct Pooled(MemoryStore);
+    /// A memory store that reports a pool, as PostgreSQL does; with
+    /// `hangs`, its `get` never answers, as a frozen database would not.
+    struct Pooled {
+        store: MemoryStore,
+        hangs: bool,
+    }
 
-    /// A store whose `get` never answers, as a frozen database would not.
-    struct Hanging(Pooled);
+    impl Pooled {
+        fn new(hangs: bool) -> Self {
+            Self {
+                store: MemoryStore::new(16),
+                hangs,
+            }
+        }
+    }
 
     #[async_trait]
     impl UserStore for Pooled {
         async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-            self.0.create(user).await
+            self.store.create(user).await
         }
         async fn get(&self, id: UserId) -> Result<User, StoreError> {
-            self.0.get(id).await
+            if self.hangs {
+                std::future::pending::<()>().await;
+            }
+            self.store.get(id).await
         }
         async fn update(
             &self,
@@ -257,37 +270,37 @@ mod tests {
             patch: UserPatch,
             at: OffsetDateTime,
         ) -> Result<User, StoreError> {
-            self.0.update(id, patch, at).await
+            self.store.update(id, patch, at).await
         }
         async fn delete(&self, id: UserId) -> Result<User, StoreError> {
-            self.0.delete(id).await
+            self.store.delete(id).await
         }
         async fn list_after(
             &self,
             after: Option<UserId>,
             limit: usize,
         ) -> Result<Vec<User>, StoreError> {
-            self.0.list_after(after, limit).await
+            self.store.list_after(after, limit).await
         }
         fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
-            self.0.subscribe()
+            self.store.subscribe()
         }
         fn published_revision(&self) -> u64 {
-            self.0.published_revision()
+            self.store.published_revision()
         }
         async fn changes_after(
             &self,
             after: u64,
             limit: usize,
         ) -> Result<Vec<UserEvent>, StoreError> {
-            self.0.changes_after(after, limit).await
+            self.store.changes_after(after, limit).await
         }
     }
 
     #[async_trait]
     impl StoreHealth for Pooled {
         async fn check(&self) -> Result<(), StoreError> {
-            self.0.check().await
+            self.store.check().await
         }
         fn pool_stats(&self) -> Option<PoolStats> {
             Some(PoolStats {
@@ -298,60 +311,9 @@ mod tests {
         }
     }
 
-    #[async_trait]
-    impl UserStore for Hanging {
-        async fn create(&self, user: NewUser) -> Result<User, StoreError> {
-            self.0.create(user).await
-        }
-        async fn get(&self, _id: UserId) -> Result<User, StoreError> {
-            std::future::pending().await
-        }
-        async fn update(
-            &self,
-            id: UserId,
-            patch: UserPatch,
-            at: OffsetDateTime,
-        ) -> Result<User, StoreError> {
-            self.0.update(id, patch, at).await
-        }
-        async fn delete(&self, id: UserId) -> Result<User, StoreError> {
-            self.0.delete(id).await
-        }
-        async fn list_after(
-            &self,
-            after: Option<UserId>,
-            limit: usize,
-        ) -> Result<Vec<User>, StoreError> {
-            self.0.list_after(after, limit).await
-        }
-        fn subscribe(&self) -> broadcast::Receiver<UserEvent> {
-            self.0.subscribe()
-        }
-        fn published_revision(&self) -> u64 {
-            self.0.published_revision()
-        }
-        async fn changes_after(
-            &self,
-            after: u64,
-            limit: usize,
-        ) -> Result<Vec<UserEvent>, StoreError> {
-            self.0.changes_after(after, limit).await
-        }
-    }
-
-    #[async_trait]
-    impl StoreHealth for Hanging {
-        async fn check(&self) -> Result<(), StoreError> {
-            self.0.check().await
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn an_operation_of_a_store_that_can_hang_is_bounded() {
-        let store = InstrumentedStore::wrap(
-            Arc::new(Hanging(Pooled(MemoryStore::new(16)))),
-            Duration::from_secs(5),
-        );
+        let store = InstrumentedStore::wrap(Arc::new(Pooled::new(true)), Duration::from_secs(5));
         let started = tokio::time::Instant::now();
         let err = store.get(UserId::generate()).await.unwrap_err();
         assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
@@ -363,10 +325,7 @@ mod tests {
     #[tokio::test]
     async fn records_latency_by_outcome_and_pool_gauges() {
         let recorder = crate::telemetry::metrics::install().unwrap();
-        let store = InstrumentedStore::wrap(
-            Arc::new(Pooled(MemoryStore::new(16))),
-            Duration::from_secs(5),
-        );
+        let store = InstrumentedStore::wrap(Arc::new(Pooled::new(false)), Duration::from_secs(5));
         store.list_after(None, 10).await.unwrap();
         record_pool_stats(store.as_ref());
         let text = recorder.render();
