@@ -313,8 +313,24 @@ mod tests {
         }
     }
 
+    /// What `f` logs through this formatter alone, as text.
+    fn written(f: impl FnOnce()) -> String {
+        let buffer = Buffer::default();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonFormat::new())
+                .with_writer(buffer.clone()),
+        );
+        tracing::subscriber::with_default(subscriber, f);
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
     fn lines(buffer: &Buffer) -> Vec<Value> {
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        parse(&String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap())
+    }
+
+    fn parse(text: &str) -> Vec<Value> {
         text.lines()
             .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
             .collect()
@@ -356,18 +372,11 @@ mod tests {
 
     #[test]
     fn an_attached_context_without_a_tracing_span_is_used_too() {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .event_format(JsonFormat::new())
-                .with_writer(buffer.clone()),
-        );
         let call = crate::telemetry::trace::CallSpan::start("x", &http::HeaderMap::new(), Vec::new);
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = parse(&written(|| {
             let _guard = call.context().clone().attach();
             tracing::info!("in a call");
-        });
-        let lines = lines(&buffer);
+        }));
         assert_eq!(lines[0]["trace_id"].as_str().unwrap().len(), 32);
         assert!(lines[0].get("span").is_none());
     }
@@ -388,19 +397,12 @@ mod tests {
 
     #[test]
     fn the_message_comes_first_then_the_trace_then_the_fields() {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .event_format(JsonFormat::new())
-                .with_writer(buffer.clone()),
-        );
         let call = crate::telemetry::trace::CallSpan::start("x", &http::HeaderMap::new(), Vec::new);
-        tracing::subscriber::with_default(subscriber, || {
+        let text = written(|| {
             let _guard = call.context().clone().attach();
             tracing::info!(a = 1, b = "two", "hello");
             tracing::info!(a = 1);
         });
-        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
         let mut lines = text.lines();
         let first = lines.next().unwrap();
         let order: Vec<usize> = [
@@ -430,17 +432,10 @@ mod tests {
 
     #[test]
     fn strings_are_escaped_and_fixed_keys_are_not_shadowed() {
-        let buffer = Buffer::default();
-        let subscriber = tracing_subscriber::registry().with(
-            tracing_subscriber::fmt::layer()
-                .event_format(JsonFormat::new())
-                .with_writer(buffer.clone()),
-        );
-        tracing::subscriber::with_default(subscriber, || {
+        let lines = parse(&written(|| {
             let weird = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
             tracing::info!(level = "fake", text = weird, debug = ?weird, "m\"sg");
-        });
-        let lines = lines(&buffer);
+        }));
         let weird = "quote \" backslash \\ newline \n tab \t bell \u{7} é";
         assert_eq!(lines[0]["message"], "m\"sg");
         assert_eq!(lines[0]["level"], "INFO");
