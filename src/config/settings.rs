@@ -44,7 +44,16 @@ pub struct GrpcSettings {
     pub keepalive_interval: Duration,
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
-    /// Concurrent calls per connection.
+    /// Concurrent calls (HTTP/2 streams) per connection; the client waits
+    /// for a free one beyond that. This is what keeps a saturated core's
+    /// latency bounded: the backlog of a client that keeps hundreds of
+    /// calls in flight on one connection waits in hyper's HTTP/2 handling,
+    /// before any layer of ours sees it, so only this cap moves it back to
+    /// the client (RELIABILITY.md, "Overload": at 2x saturation the
+    /// accepted p99 is 8.6x nominal at 64, 33x at 100, 198x at 1024).
+    /// Long-lived streams count too: a client holding more `WatchUsers`
+    /// streams than this on one connection needs a higher value or a
+    /// channel of its own for them.
     pub max_concurrent_streams: u32,
     /// `user.v1.UserService` calls handled at once, over all connections;
     /// one more is answered RESOURCE_EXHAUSTED at once (load shedding).
@@ -72,7 +81,7 @@ impl Default for GrpcSettings {
             max_connection_age_grace: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
-            max_concurrent_streams: 1024,
+            max_concurrent_streams: 64,
             max_concurrent_requests: 0,
             max_message_size: 4 * 1024 * 1024,
             max_metadata_size: 16 * 1024,
@@ -243,19 +252,29 @@ pub struct LimitSettings {
     /// Hashes that may wait for a hashing thread. When that many wait,
     /// CreateUser answers RESOURCE_EXHAUSTED at once instead of queueing
     /// without bound (BulkCreateUsers waits: it is bounded by its own
-    /// look-ahead and by the concurrency limit).
+    /// look-ahead and by the concurrency limit). The default is
+    /// [`HASHES_QUEUED_PER_THREAD`] per default hashing thread.
     pub password_hash_queue: usize,
 }
 
+/// Why 8: a sign-up that finds the queue nearly full waits for about that
+/// many hashes (~15 ms each on one core) before its own, ~9x one hash,
+/// which keeps accepted sign-ups within 10x of their normal latency at
+/// twice the pod's hashing capacity (RELIABILITY.md, "Overload"; a queue
+/// of 64 let them wait 57x). Beyond it refusing at once is kinder: the
+/// client backs off or tries another replica.
+pub const HASHES_QUEUED_PER_THREAD: usize = 8;
+
 impl Default for LimitSettings {
     fn default() -> Self {
+        let hashing_threads = std::thread::available_parallelism()
+            .map(usize::from)
+            .unwrap_or(2);
         Self {
             bulk_max_items: 1_000,
             list_batch: 256,
-            password_hash_concurrency: std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(2),
-            password_hash_queue: 64,
+            password_hash_concurrency: hashing_threads,
+            password_hash_queue: HASHES_QUEUED_PER_THREAD * hashing_threads,
         }
     }
 }

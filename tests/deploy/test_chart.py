@@ -90,6 +90,8 @@ REFUSED = [
                  id="no calls per CPU"),
     pytest.param("/config/maxConcurrentRequestsMin", ["--set", "config.maxConcurrentRequestsMin=0"],
                  id="a derived limit with no floor"),
+    pytest.param("/config/maxConcurrentStreams", ["--set", "config.maxConcurrentStreams=0"],
+                 id="no streams per connection"),
 ]
 
 # (helm arguments, grpc.max_concurrent_requests expected), by what the chart
@@ -340,6 +342,12 @@ def server_env(helm, *args):
     out = helm.rendered("r", CHART, "--kube-version", KUBE_VERSION, "--show-only", "templates/deployment.yaml", *args)
     container = yaml.safe_load(out)["spec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_streams_per_connection_reach_the_server(helm):
+    assert server_env(helm).get("USER_SERVICE__GRPC__MAX_CONCURRENT_STREAMS") == "64"
+    raised = server_env(helm, "--set", "config.maxConcurrentStreams=1024")
+    assert raised.get("USER_SERVICE__GRPC__MAX_CONCURRENT_STREAMS") == "1024"
 
 
 @pytest.mark.parametrize(("args", "want"), CONCURRENCY)

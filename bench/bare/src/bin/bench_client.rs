@@ -34,7 +34,10 @@
 //! `--method create` sends CreateUser calls instead (an email of their own
 //! each, so each costs one argon2id hash); `--closed N` runs N loops that
 //! call again as soon as the last call answered instead of `--rate`. The
-//! answer's `"get"` holds the calls of either method.
+//! answer's `"get"` holds the calls of either method. `--connections N`
+//! spreads the calls over N connections in turn, as a population of
+//! clients would (the server takes `grpc.max_concurrent_streams` calls
+//! per connection at once; one connection's excess waits in the client).
 
 use std::{
     collections::BTreeMap,
@@ -367,13 +370,18 @@ async fn probe(flags: Flags) -> Result<ExitCode, String> {
                 .map_err(|e| format!("connect {addr} ({what}): {e}"))
         }
     };
-    let users = UserServiceClient::new(connect("users").await?);
+    let connections: usize = flags.number("connections", 1usize)?;
+    let mut users = Vec::with_capacity(connections.max(1));
+    for _ in 0..connections.max(1) {
+        users.push(UserServiceClient::new(connect("users").await?));
+    }
     let health = HealthClient::new(connect("health").await?);
     let pid = std::process::id();
     // GetUser of one user, or CreateUser with an email of its own per call
     // (each costs one argon2id hash).
     let call = move |n: u64| {
-        let mut client = users.clone();
+        // The call number picks the connection: round robin.
+        let mut client = users[(n % users.len() as u64) as usize].clone();
         let (method, user_id) = (method.clone(), user_id.clone());
         async move {
             let answer = if method == "create" {
