@@ -701,7 +701,8 @@ def markdown(result):
         f"figure after {meta['warmup']:g} s warm-up; servers pinned to CPU {SERVER_CPU}, load to CPU {LOAD_CPU}"
         + ("" if meta["pinned"] else " (not pinned: fewer than 2 CPUs)"),
         f"- Open-loop latency at {result['rate']:.0f} req/s (50 % of bare tonic's closed-loop saturation)",
-        f"- Peak RSS under {meta['peak_clients']} connections × {meta['peak_streams']} streams; "
+        f"- Peak RSS under {meta['peak_clients']} connections × {meta['peak_streams']} streams (ours with "
+        f"`grpc.max_concurrent_streams` 1024: bare tonic and grpc-go take any number per connection); "
         f"ListUsers over {meta['list_users']} users",
     ]
     if not meta["seed_supported"]:
