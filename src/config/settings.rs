@@ -50,7 +50,7 @@ pub struct GrpcSettings {
     /// calls in flight on one connection waits in hyper's HTTP/2 handling,
     /// before any layer of ours sees it, so only this cap moves it back to
     /// the client (RELIABILITY.md, "Overload": at 2x saturation the
-    /// accepted p99 is 8.6x nominal at 64, 33x at 100, 198x at 1024).
+    /// accepted p99 is 8.5x nominal at 64, 30x at 100, 165x at 1024).
     /// Long-lived streams count too: a client holding more `WatchUsers`
     /// streams than this on one connection needs a higher value or a
     /// channel of its own for them.
