@@ -276,9 +276,10 @@ class Server:
                 "USER_SERVICE__SHUTDOWN__TIMEOUT": "20s",
                 "USER_SERVICE__GRPC__MAX_CONNECTION_AGE": "5m",
                 # Bare tonic and grpc-go take any number of streams per
-                # connection; the default 64 would turn the 50 x 1000
+                # connection; the chart's 64 would turn the 50 x 1000
                 # "peak RSS" load away at the door (its effect under load
-                # is measured in RELIABILITY.md, "Overload").
+                # is measured in RELIABILITY.md, "Overload"). Explicit, so
+                # the figure does not move with the binary's default.
                 "USER_SERVICE__GRPC__MAX_CONCURRENT_STREAMS": "1024",
                 "USER_SERVICE__LIMITS__BULK_MAX_ITEMS": "1000",
                 "OTEL_SERVICE_NAME": "user-service",

@@ -50,7 +50,13 @@ pub struct GrpcSettings {
     /// calls in flight on one connection waits in hyper's HTTP/2 handling,
     /// before any layer of ours sees it, so only this cap moves it back to
     /// the client (RELIABILITY.md, "Overload": at 2x saturation the
-    /// accepted p99 is 8.5x nominal at 64, 30x at 100, 165x at 1024).
+    /// accepted p99 is 8.5x nominal at 64, 30x at 100, 165x at 1024), and
+    /// the Helm chart sets 64. The binary keeps 1024: at a small cap, a
+    /// tonic client with more calls than that in flight on one connection
+    /// sees some fail UNAVAILABLE "h2 protocol error" when the server
+    /// answers calls before reading their request (refusals, auth
+    /// failures), as the two ends count the closed streams at different
+    /// moments (grpc-go clients retry those, tonic's do not).
     /// Long-lived streams count too: a client holding more `WatchUsers`
     /// streams than this on one connection needs a higher value or a
     /// channel of its own for them.
@@ -81,7 +87,7 @@ impl Default for GrpcSettings {
             max_connection_age_grace: Duration::from_secs(30),
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
-            max_concurrent_streams: 64,
+            max_concurrent_streams: 1024,
             max_concurrent_requests: 0,
             max_message_size: 4 * 1024 * 1024,
             max_metadata_size: 16 * 1024,
