@@ -10,6 +10,12 @@
 # Writes OUT (default bench/results/flamegraph-MODE.png) and prints the
 # frames with the largest inclusive share. Needs perf (linux-perf) and the
 # benchmark venv (bench/install-deps.sh, for matplotlib).
+#
+#   FLAT=1 bench/profile.sh chart    # no graph: the functions with the
+#                                    # largest self time, by thread
+#
+# The flat list answers "which function burns the CPU" (memcpy, malloc,
+# encoding) where the flame graph answers "on whose behalf".
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:-chart}
@@ -56,11 +62,20 @@ H=(-H 'content-type: application/grpc' -H 'te: trailers')
 url=http://127.0.0.1:$port/user.v1.UserService/GetUser
 taskset -c 1 h2load -n 20000 -c 8 -m 32 -d "$work/req" "${H[@]}" "$url" >/dev/null 2>&1
 
-perf record -q -F 999 --call-graph dwarf,32768 -p "$pid" -o "$work/perf.data" &
+if [ -n "${FLAT:-}" ]; then
+  perf record -q -F 3999 -p "$pid" -o "$work/perf.data" &
+else
+  perf record -q -F 999 --call-graph dwarf,32768 -p "$pid" -o "$work/perf.data" &
+fi
 perf_pid=$!
 sleep 0.3
 taskset -c 1 h2load -n "$N" -c 8 -m 32 -d "$work/req" "${H[@]}" "$url" | grep -E "^finished in|^status codes"
 kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
+if [ -n "${FLAT:-}" ]; then
+  perf report -i "$work/perf.data" --no-children --sort comm,sym --stdio 2>/dev/null \
+    | grep -v '^#' | grep -v '^$' | head -"${TOP:-40}"
+  exit 0
+fi
 mkdir -p "$(dirname "$OUT")"
 perf script -i "$work/perf.data" 2>/dev/null \
   | "$python" bench/flamegraph.py -o "$OUT" --top 40 \
