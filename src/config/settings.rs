@@ -56,7 +56,8 @@ pub struct GrpcSettings {
     /// sees some fail UNAVAILABLE "h2 protocol error" when the server
     /// answers calls before reading their request (refusals, auth
     /// failures), as the two ends count the closed streams at different
-    /// moments (grpc-go clients retry those, tonic's do not).
+    /// moments: the server resets the stream with REFUSED_STREAM, which
+    /// grpc-go clients and this crate's client retry, plain tonic does not.
     /// Long-lived streams count too: a client holding more `WatchUsers`
     /// streams than this on one connection needs a higher value or a
     /// channel of its own for them.

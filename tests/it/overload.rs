@@ -25,23 +25,22 @@ fn p99(mut samples: Vec<Duration>) -> Duration {
         .unwrap_or_default()
 }
 
-#[tokio::test]
-async fn calls_over_the_limit_are_shed_at_once_health_never_and_memory_stays_flat() {
-    let app = spawn_child(&[(
-        "USER_SERVICE__GRPC__MAX_CONCURRENT_REQUESTS",
-        &LIMIT.to_string(),
-    )])
-    .await;
-    let channel = connect(app.grpc_addr).await;
-    let client = UserServiceClient::new(channel.clone());
-    assert_eq!(
-        app.metric("user_service_grpc_max_concurrent_requests")
-            .await,
-        Some(LIMIT as f64)
-    );
+type Holders = (
+    Vec<
+        tokio::task::JoinHandle<
+            Result<tonic::Response<user_service::pb::BulkCreateUsersResponse>, tonic::Status>,
+        >,
+    >,
+    Vec<mpsc::Sender<user_service::pb::CreateUserRequest>>,
+);
 
-    // BulkCreateUsers streams whose client never half-closes hold their
-    // permits until we let go: the limit is reached deterministically.
+/// LIMIT BulkCreateUsers streams whose client never half-closes: they hold
+/// every permit until their senders are dropped, so the limit is reached
+/// deterministically.
+async fn hold_every_permit(
+    app: &ChildApp,
+    client: &UserServiceClient<tonic::transport::Channel>,
+) -> Holders {
     let mut holders = Vec::new();
     let mut senders = Vec::new();
     for _ in 0..LIMIT {
@@ -57,6 +56,25 @@ async fn calls_over_the_limit_are_shed_at_once_health_never_and_memory_stays_fla
         assert!(Instant::now() < deadline, "the holders never got permits");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    (holders, senders)
+}
+
+#[tokio::test]
+async fn calls_over_the_limit_are_shed_at_once_health_never_and_memory_stays_flat() {
+    let app = spawn_child(&[(
+        "USER_SERVICE__GRPC__MAX_CONCURRENT_REQUESTS",
+        &LIMIT.to_string(),
+    )])
+    .await;
+    let channel = connect(app.grpc_addr).await;
+    let client = UserServiceClient::new(channel.clone());
+    assert_eq!(
+        app.metric("user_service_grpc_max_concurrent_requests")
+            .await,
+        Some(LIMIT as f64)
+    );
+
+    let (holders, senders) = hold_every_permit(&app, &client).await;
 
     // Warm-up, then memory before the burst.
     let get = || GetUserRequest {
@@ -153,6 +171,63 @@ async fn calls_over_the_limit_are_shed_at_once_health_never_and_memory_stays_fla
         app.metric("user_service_grpc_requests_in_flight").await,
         Some(0.0)
     );
+}
+
+/// At the Helm chart's 64 streams per connection, 200 calls refused at once
+/// on one connection make the server reset some new streams with
+/// REFUSED_STREAM: the client reuses a slot the server has not released
+/// yet (a raw tonic client sees UNAVAILABLE "h2 protocol error" then).
+/// The crate's client retries those, as HTTP/2 allows for a stream the
+/// server did not process, even for CreateUser, which it never retries
+/// otherwise: every call gets the server's own answer.
+#[tokio::test]
+async fn the_client_library_retries_streams_refused_at_the_charts_stream_cap() {
+    use user_service_client::{ClientConfig, ClientError, UserClient};
+    let app = spawn_child(&[
+        (
+            "USER_SERVICE__GRPC__MAX_CONCURRENT_REQUESTS",
+            &LIMIT.to_string(),
+        ),
+        ("USER_SERVICE__GRPC__MAX_CONCURRENT_STREAMS", "64"),
+    ])
+    .await;
+    let raw = UserServiceClient::new(connect(app.grpc_addr).await);
+    let (holders, senders) = hold_every_permit(&app, &raw).await;
+    let users = UserClient::connect(ClientConfig {
+        endpoint: format!("http://{}", app.grpc_addr),
+        ..ClientConfig::default()
+    })
+    .await
+    .unwrap();
+    for round in 0..20 {
+        let calls: Vec<_> = (0..200)
+            .map(|n| {
+                let users = users.clone();
+                tokio::spawn(async move {
+                    users
+                        .create_user(
+                            &format!("refused-{round}-{n}@example.com"),
+                            "Refused",
+                            "correct horse",
+                        )
+                        .await
+                })
+            })
+            .collect();
+        for call in calls {
+            match call.await.unwrap() {
+                Err(ClientError::Other {
+                    code: Code::ResourceExhausted,
+                    ..
+                }) => {}
+                other => panic!("round {round}: {other:?}"),
+            }
+        }
+    }
+    drop(senders);
+    for holder in holders {
+        holder.await.unwrap().expect("bulk call ends cleanly");
+    }
 }
 
 #[tokio::test]

@@ -74,9 +74,14 @@ impl From<Status> for ClientError {
 }
 
 /// The server cannot have processed the request: hyper cancelled it
-/// before writing a byte (its connection was closing), or h2 refused or
+/// before writing a byte (its connection was closing), h2 refused or
 /// ended it because of the server's GOAWAY with NO_ERROR, which by HTTP/2
-/// (RFC 9113 §6.8) covers only streams the server did not process.
+/// (RFC 9113 §6.8) covers only streams the server did not process, or the
+/// server reset the stream with REFUSED_STREAM, which means the same
+/// (§8.7). The last happens at a small `grpc.max_concurrent_streams` (the
+/// Helm chart's 64) when many calls on one connection are answered before
+/// their request was read: the client reuses a stream slot the server has
+/// not released yet. grpc-go retries these transparently; so do we.
 pub fn never_sent(status: &Status) -> bool {
     let mut source = std::error::Error::source(status);
     while let Some(err) = source {
@@ -86,7 +91,10 @@ pub fn never_sent(status: &Status) -> bool {
             }
         }
         if let Some(h2) = err.downcast_ref::<h2::Error>() {
-            return h2.is_go_away() && h2.is_remote() && h2.reason() == Some(h2::Reason::NO_ERROR);
+            let reason = h2.reason();
+            return h2.is_remote()
+                && ((h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)));
         }
         source = err.source();
     }

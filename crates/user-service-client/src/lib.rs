@@ -131,8 +131,10 @@ impl UserClient {
     /// when the request never left this process: tonic hands a request to
     /// a connection that is closing, after the server's GOAWAY (its
     /// `grpc.max_connection_age`, a rolling restart), and hyper cancels it
-    /// unsent. The server never saw it, so sending it again is safe for
-    /// every call, creates included; grpc-go does the same transparently.
+    /// unsent; or the server refused its stream (REFUSED_STREAM, at a small
+    /// `grpc.max_concurrent_streams`). The server never processed it, so
+    /// sending it again is safe for every call, creates included; grpc-go
+    /// does the same transparently.
     async fn send<T, F, Fut>(&self, mut call: F) -> Result<T, Status>
     where
         F: FnMut(UserServiceClient<Channel>) -> Fut,
