@@ -124,6 +124,43 @@ def free_port():
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+class ChartServer:
+    """A release server started by start_chart_server: its ports and the id
+    of the user it created."""
+
+    def __init__(self, proc, addr, admin, user_id):
+        self.proc, self.addr, self.admin, self.user_id = proc, addr, admin, user_id
+
+
+def start_chart_server(extra_env, tag):
+    """The release server with the chart's logging (JSON at info, no drain
+    delay) and EXTRA_ENV, on free loopback ports, pinned to SERVER_CPU,
+    once it has answered a CreateUser (of a user named TAG). Its JSON line
+    per call goes to /dev/null: at 100k+ calls/s, or for ten minutes of a
+    soak, those lines are gigabytes, and formatting them is what is
+    measured, not storing them."""
+    addr, admin = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
+        "USER_SERVICE__GRPC__ADDR": addr, "USER_SERVICE__ADMIN__ADDR": admin,
+        "USER_SERVICE__LOG__FORMAT": "json", "USER_SERVICE__LOG__LEVEL": "info",
+        "USER_SERVICE__SHUTDOWN__DRAIN_DELAY": "0s",
+        **extra_env,
+    }
+    proc = spawn(pinned(SERVER_CPU, [os.path.join(RELEASE, "user-service"), "serve"]),
+                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            out = run([os.path.join(RELEASE, "bench-client"), "create", "--addr", addr,
+                       "--email", f"{tag.lower()}-{time.monotonic_ns()}@example.com", "--name", tag], timeout=30)
+            return ChartServer(proc, addr, admin, json.loads(out.stdout)["id"])
+        except BenchError:
+            time.sleep(0.5)
+    kill_group(proc)
+    raise BenchError(f"{tag}: the server never answered CreateUser")
+
+
 def cpu_seconds(pid):
     with open(f"/proc/{pid}/stat") as f:
         # Fields after the command name (which may hold spaces) start at 3.

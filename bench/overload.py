@@ -80,38 +80,14 @@ CREATE_CONNECTIONS = 16
 CREATE_CALLERS = 8
 
 
-class Target:
-    def __init__(self, addr, admin):
-        self.addr, self.admin = addr, admin
-
-
 def start(limit, streams_cap=None):
     """The release server as the chart runs it, with LIMIT and STREAMS_CAP
     (grpc.max_concurrent_streams; None: the default), on free ports."""
-    addr, admin = f"127.0.0.1:{bench.free_port()}", f"127.0.0.1:{bench.free_port()}"
-    env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-        "USER_SERVICE__GRPC__ADDR": addr, "USER_SERVICE__ADMIN__ADDR": admin,
-        "USER_SERVICE__LOG__FORMAT": "json", "USER_SERVICE__LOG__LEVEL": "info",
-        "USER_SERVICE__SHUTDOWN__DRAIN_DELAY": "0s",
-        "USER_SERVICE__GRPC__MAX_CONCURRENT_REQUESTS": str(limit),
-    }
+    env = {"USER_SERVICE__GRPC__MAX_CONCURRENT_REQUESTS": str(limit)}
     if streams_cap:
         env["USER_SERVICE__GRPC__MAX_CONCURRENT_STREAMS"] = str(streams_cap)
-    # One JSON line per call at 100k+ calls/s: to /dev/null, not to disk.
-    proc = bench.spawn(bench.pinned(bench.SERVER_CPU, [os.path.join(bench.RELEASE, "user-service"), "serve"]),
-                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            out = bench.run([os.path.join(bench.RELEASE, "bench-client"), "create", "--addr", addr,
-                             "--email", f"overload-{time.monotonic_ns()}@example.com", "--name", "Overload"],
-                            timeout=30)
-            return proc, Target(addr, admin), json.loads(out.stdout)["id"]
-        except bench.BenchError:
-            time.sleep(0.5)
-    bench.kill_group(proc)
-    raise bench.BenchError("the server never answered CreateUser")
+    server = bench.start_chart_server(env, "Overload")
+    return server.proc, server, server.user_id
 
 
 def counters(target, method):

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,12 +49,7 @@ def pg_url():
 
 def start(store, minutes):
     """The release server as the chart runs it, on free loopback ports."""
-    addr, admin = f"127.0.0.1:{bench.free_port()}", f"127.0.0.1:{bench.free_port()}"
     env = {
-        "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/tmp"),
-        "USER_SERVICE__GRPC__ADDR": addr, "USER_SERVICE__ADMIN__ADDR": admin,
-        "USER_SERVICE__LOG__FORMAT": "json", "USER_SERVICE__LOG__LEVEL": "info",
-        "USER_SERVICE__SHUTDOWN__DRAIN_DELAY": "0s",
         # h2load does not reconnect after a GOAWAY: at the chart's 5-minute
         # connection age the load would stop half way through a 10-minute
         # run. Recycling under load is proven by tests/it/connections.rs;
@@ -64,26 +58,10 @@ def start(store, minutes):
     }
     if store == "postgres":
         env["USER_SERVICE__STORE__URL"] = pg_url()
-    # The chart's logging is part of what is soaked (one JSON line per
-    # call is formatted and written), but at half capacity for ten minutes
-    # those lines are gigabytes: they go to /dev/null, not to disk.
-    proc = bench.spawn(bench.pinned(bench.SERVER_CPU, [os.path.join(bench.RELEASE, "user-service"), "serve"]),
-                       env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            out = bench.run([os.path.join(bench.RELEASE, "bench-client"), "create", "--addr", addr,
-                             "--email", f"soak-{time.monotonic_ns()}@example.com", "--name", "Soak"],
-                            timeout=30)
-            user_id = json.loads(out.stdout)["id"]
-            break
-        except bench.BenchError:
-            time.sleep(0.5)
-    else:
-        bench.kill_group(proc)
-        raise bench.BenchError(f"{store}: the server never answered CreateUser")
-    target = type("Target", (), {"addr": addr})()
-    return proc, target, user_id
+    # The chart's logging is part of what is soaked (one JSON line per call
+    # is formatted and written, to /dev/null).
+    server = bench.start_chart_server(env, f"Soak-{store}")
+    return server.proc, server, server.user_id
 
 
 def sample(pid):
