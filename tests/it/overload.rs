@@ -25,38 +25,50 @@ fn p99(mut samples: Vec<Duration>) -> Duration {
         .unwrap_or_default()
 }
 
-type Holders = (
-    Vec<
+/// LIMIT BulkCreateUsers streams whose client never half-closes: they hold
+/// every permit until [`PermitHolders::release`], so the limit is reached
+/// deterministically.
+struct PermitHolders {
+    calls: Vec<
         tokio::task::JoinHandle<
             Result<tonic::Response<user_service::pb::BulkCreateUsersResponse>, tonic::Status>,
         >,
     >,
-    Vec<mpsc::Sender<user_service::pb::CreateUserRequest>>,
-);
+    senders: Vec<mpsc::Sender<user_service::pb::CreateUserRequest>>,
+}
 
-/// LIMIT BulkCreateUsers streams whose client never half-closes: they hold
-/// every permit until their senders are dropped, so the limit is reached
-/// deterministically.
-async fn hold_every_permit(
-    app: &ChildApp,
-    client: &UserServiceClient<tonic::transport::Channel>,
-) -> Holders {
-    let mut holders = Vec::new();
-    let mut senders = Vec::new();
-    for _ in 0..LIMIT {
-        let (tx, rx) = mpsc::channel(1);
-        let mut c = client.clone();
-        holders.push(tokio::spawn(async move {
-            c.bulk_create_users(ReceiverStream::new(rx)).await
-        }));
-        senders.push(tx);
+impl PermitHolders {
+    async fn hold_every_permit(
+        app: &ChildApp,
+        client: &UserServiceClient<tonic::transport::Channel>,
+    ) -> Self {
+        let mut calls = Vec::new();
+        let mut senders = Vec::new();
+        for _ in 0..LIMIT {
+            let (tx, rx) = mpsc::channel(1);
+            let mut c = client.clone();
+            calls.push(tokio::spawn(async move {
+                c.bulk_create_users(ReceiverStream::new(rx)).await
+            }));
+            senders.push(tx);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while app.metric("user_service_grpc_requests_in_flight").await != Some(LIMIT as f64) {
+            assert!(Instant::now() < deadline, "the holders never got permits");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self { calls, senders }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while app.metric("user_service_grpc_requests_in_flight").await != Some(LIMIT as f64) {
-        assert!(Instant::now() < deadline, "the holders never got permits");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+
+    /// Half-closes the streams: each ends cleanly, having created nothing,
+    /// and gives its permit back.
+    async fn release(self) {
+        drop(self.senders);
+        for call in self.calls {
+            let response = call.await.unwrap().expect("bulk call ends cleanly");
+            assert_eq!(response.into_inner().created_count, 0);
+        }
     }
-    (holders, senders)
 }
 
 #[tokio::test]
@@ -74,7 +86,7 @@ async fn calls_over_the_limit_are_shed_at_once_health_never_and_memory_stays_fla
         Some(LIMIT as f64)
     );
 
-    let (holders, senders) = hold_every_permit(&app, &client).await;
+    let holders = PermitHolders::hold_every_permit(&app, &client).await;
 
     // Warm-up, then memory before the burst.
     let get = || GetUserRequest {
@@ -160,11 +172,7 @@ async fn calls_over_the_limit_are_shed_at_once_health_never_and_memory_stays_fla
     );
 
     // Letting go: the permits come back and calls are served again.
-    drop(senders);
-    for holder in holders {
-        let response = holder.await.unwrap().expect("bulk call ends cleanly");
-        assert_eq!(response.into_inner().created_count, 0);
-    }
+    holders.release().await;
     let status = client.clone().get_user(get()).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "served again: {status:?}");
     assert_eq!(
@@ -192,7 +200,7 @@ async fn the_client_library_retries_streams_refused_at_the_charts_stream_cap() {
     ])
     .await;
     let raw = UserServiceClient::new(connect(app.grpc_addr).await);
-    let (holders, senders) = hold_every_permit(&app, &raw).await;
+    let holders = PermitHolders::hold_every_permit(&app, &raw).await;
     let users = UserClient::connect(ClientConfig {
         endpoint: format!("http://{}", app.grpc_addr),
         ..ClientConfig::default()
@@ -224,10 +232,7 @@ async fn the_client_library_retries_streams_refused_at_the_charts_stream_cap() {
             }
         }
     }
-    drop(senders);
-    for holder in holders {
-        holder.await.unwrap().expect("bulk call ends cleanly");
-    }
+    holders.release().await;
 }
 
 #[tokio::test]
