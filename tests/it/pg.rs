@@ -346,37 +346,65 @@ impl OwnCluster {
         run(pg_ctl, "pg_ctl stop");
     }
 
-    /// The postmaster and every backend: what a hung database host looks
-    /// like (connections open, nothing answers).
-    fn processes(&self) -> Vec<String> {
+    fn postmaster(&self) -> Option<String> {
         let pid_file =
             std::fs::read_to_string(self.data().join("postmaster.pid")).unwrap_or_default();
-        let postmaster = pid_file
+        let pid = pid_file
             .lines()
             .next()
             .unwrap_or_default()
             .trim()
             .to_owned();
-        if postmaster.is_empty() {
-            return Vec::new();
-        }
-        let children = std::process::Command::new("pgrep")
-            .args(["-P", &postmaster])
+        (!pid.is_empty()).then_some(pid)
+    }
+
+    /// The postmaster's children: backends, background workers.
+    fn backends(postmaster: &str) -> Vec<String> {
+        std::process::Command::new("pgrep")
+            .args(["-P", postmaster])
             .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-            .unwrap_or_default();
-        std::iter::once(postmaster)
-            .chain(children.split_whitespace().map(str::to_owned))
-            .collect()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The postmaster and every backend: what a hung database host looks
+    /// like (connections open, nothing answers).
+    fn processes(&self) -> Vec<String> {
+        let Some(postmaster) = self.postmaster() else {
+            return Vec::new();
+        };
+        let backends = Self::backends(&postmaster);
+        std::iter::once(postmaster).chain(backends).collect()
     }
 
     /// SIGSTOP (`-STOP`) or SIGCONT (`-CONT`) to the postmaster and its
     /// backends.
+    ///
+    /// To stop, the postmaster goes first and its children are listed
+    /// after: a backend it forks for a new pool connection between a
+    /// listing and the signal would otherwise keep answering, and the
+    /// "hung" database would serve whoever got that connection.
     pub fn signal_all(&self, signal: &str) {
-        assert!(!self.processes().is_empty(), "the cluster is running");
+        let postmaster = self.postmaster().expect("the cluster is running");
         let mut kill = std::process::Command::new("kill");
-        kill.arg(signal).args(self.processes());
+        kill.arg(signal).arg(&postmaster);
         run(kill, "kill");
+        // A backend may exit between the listing and the signal (its
+        // client hung up); kill still signals the others, so its exit
+        // status is not a failure here.
+        let backends = Self::backends(&postmaster);
+        if !backends.is_empty() {
+            let _ = std::process::Command::new("kill")
+                .arg(signal)
+                .args(&backends)
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
     }
 }
 
