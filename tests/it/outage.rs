@@ -115,6 +115,16 @@ async fn outage(what: Kind) {
     }
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The load is under way once a user exists (a slow machine hashes
+    // slowly): the reads need one, and the outage must catch both kinds.
+    let warmed = Instant::now();
+    while created.lock().unwrap().is_empty() {
+        assert!(
+            warmed.elapsed() < Duration::from_secs(30),
+            "no user created before the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Hung: some queries must be inside the database when it freezes. A
     // lock held from the side makes reads wait there; frozen before their
     // statement_timeout, they can only be ended by the service.
