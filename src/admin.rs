@@ -70,5 +70,8 @@ async fn metrics_text(State(state): State<AdminState>) -> impl IntoResponse {
     body.push_str(&telemetry::metrics::render_log_drops(
         telemetry::log_lines_dropped(),
     ));
+    body.push_str(&telemetry::metrics::render_span_counts(
+        telemetry::export::span_counts(),
+    ));
     ([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], body)
 }

@@ -27,6 +27,9 @@ pub const STORE_POOL_CONNECTIONS: &str = "user_service_store_pool_connections";
 pub const STORE_POOL_MAX_CONNECTIONS: &str = "user_service_store_pool_max_connections";
 pub const BUILD_INFO: &str = "user_service_build_info";
 pub const LOG_LINES_DROPPED: &str = "user_service_log_lines_dropped_total";
+/// The span pipeline (`telemetry/export.rs`).
+pub const SPANS_ENDED: &str = "user_service_spans_ended_total";
+pub const SPANS_EXPORTED: &str = "user_service_spans_exported_total";
 
 /// go-grpc-prometheus (client_golang `prometheus.DefBuckets`).
 pub const GRPC_BUCKETS: &[f64] = &[
@@ -147,5 +150,26 @@ pub fn render_log_drops(dropped: u64) -> String {
         "# HELP {LOG_LINES_DROPPED} Log lines dropped because the log output could not keep up.\n\
          # TYPE {LOG_LINES_DROPPED} counter\n\
          {LOG_LINES_DROPPED} {dropped}\n"
+    )
+}
+
+/// The span pipeline's counters, read at scrape time: spans offered to the
+/// batch queue, and spans in batches the collector took or that failed.
+/// `ended - exported` (all outcomes) is what the bounded queue dropped,
+/// give or take what is still queued.
+pub fn render_span_counts(counts: super::export::SpanCounts) -> String {
+    let super::export::SpanCounts {
+        ended,
+        exported,
+        failed,
+    } = counts;
+    format!(
+        "# HELP {SPANS_ENDED} Sampled spans ended and offered to the export queue.\n\
+         # TYPE {SPANS_ENDED} counter\n\
+         {SPANS_ENDED} {ended}\n\
+         # HELP {SPANS_EXPORTED} Spans in export batches, by whether the collector accepted them.\n\
+         # TYPE {SPANS_EXPORTED} counter\n\
+         {SPANS_EXPORTED}{{outcome=\"ok\"}} {exported}\n\
+         {SPANS_EXPORTED}{{outcome=\"error\"}} {failed}\n"
     )
 }

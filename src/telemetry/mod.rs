@@ -11,25 +11,19 @@
 //! - Metrics: the process-wide Prometheus recorder ([`metrics`]) and the
 //!   process metrics read at scrape time ([`process`]).
 
+pub mod export;
 pub mod json;
 pub mod metrics;
 pub mod process;
 pub mod trace;
 
-use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, OnceLock,
-    },
-    time::{Duration, SystemTime, UNIX_EPOCH},
-};
+use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::{trace::TracerProvider as _, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
-    error::OTelSdkResult,
     resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector},
-    trace::{SdkTracerProvider, SpanData, SpanExporter},
+    trace::SdkTracerProvider,
     Resource,
 };
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
@@ -43,9 +37,6 @@ pub const SERVICE_NAME: &str = "user-service";
 
 /// How long shutdown waits for buffered spans to reach the collector.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// At most one "cannot export spans" warning per this interval.
-const EXPORT_WARNING_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What must be flushed at exit. Dropping it without [`Telemetry::shutdown`]
 /// loses the spans still buffered.
@@ -211,7 +202,7 @@ fn tracer_provider(settings: &TelemetrySettings) -> (SdkTracerProvider, bool, Op
         // here, only failed (and warned about) exports later.
         match exporter.build() {
             Ok(exporter) => {
-                builder = builder.with_batch_exporter(WarnOnFailure::new(exporter));
+                builder = builder.with_span_processor(export::counted_batch(exporter));
                 exporting = true;
             }
             Err(err) => error = Some(err.to_string()),
@@ -239,58 +230,6 @@ fn resource() -> Resource {
         builder = builder.with_service_name(name);
     }
     builder.build()
-}
-
-/// Wraps the exporter to say, at most once a minute, that spans are being
-/// dropped. The batch queue is bounded (`OTEL_BSP_MAX_QUEUE_SIZE`), so an
-/// unreachable collector costs bounded memory and this one warning.
-#[derive(Debug)]
-struct WarnOnFailure<E> {
-    inner: E,
-    last_warning: Arc<AtomicU64>,
-}
-
-impl<E> WarnOnFailure<E> {
-    fn new(inner: E) -> Self {
-        Self {
-            inner,
-            last_warning: Arc::new(AtomicU64::new(0)),
-        }
-    }
-}
-
-impl<E: SpanExporter> SpanExporter for WarnOnFailure<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        let result = self.inner.export(batch).await;
-        if let Err(err) = &result {
-            let now = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let last = self.last_warning.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= EXPORT_WARNING_INTERVAL.as_secs()
-                && self
-                    .last_warning
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                tracing::warn!(error = %err, spans, "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)");
-            }
-        }
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
-    }
 }
 
 fn with_quiet_transport(directives: &str) -> String {

@@ -24,6 +24,8 @@ MUTATIONS = [
                  id="absent() without == 1"),
     pytest.param('replicas_unavailable{deployment=~".*user-service.*"} > 0',
                  'replicas_unavailable{deployment=~".*user-service.*"} > 1', id="unready replicas threshold"),
+    pytest.param("          > 0.01\n", "          > 0.5\n", id="spans lost threshold 1% -> 50%"),
+    pytest.param('exported_total{outcome="ok"}[10m]', 'exported_total[10m]', id="failed exports counted as delivered"),
 ]
 
 

@@ -456,10 +456,12 @@ async fn a_real_prometheus_scrapes_the_grpc_series() {
 
 type Received = Arc<Mutex<Vec<(Vec<KeyValue>, Span)>>>;
 
-/// An OTLP/gRPC trace receiver: keeps every span with its resource.
+/// An OTLP/gRPC trace receiver: keeps every span with its resource,
+/// answering each export after `delay` (a slow collector).
 #[derive(Clone, Default)]
 struct Collector {
     spans: Received,
+    delay: Duration,
 }
 
 #[tonic::async_trait]
@@ -468,6 +470,7 @@ impl TraceService for Collector {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        tokio::time::sleep(self.delay).await;
         let mut spans = self.spans.lock().unwrap();
         for rs in request.into_inner().resource_spans {
             let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
@@ -477,6 +480,7 @@ impl TraceService for Collector {
                 }
             }
         }
+        drop(spans);
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -484,9 +488,16 @@ impl TraceService for Collector {
 }
 
 async fn start_collector() -> (SocketAddr, Received) {
+    start_slow_collector(Duration::ZERO).await
+}
+
+async fn start_slow_collector(delay: Duration) -> (SocketAddr, Received) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let collector = Collector::default();
+    let collector = Collector {
+        delay,
+        ..Collector::default()
+    };
     let spans = Arc::clone(&collector.spans);
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -518,7 +529,11 @@ fn hex(bytes: &[u8]) -> String {
 /// The binary with its JSON log at `info`, exporting spans to
 /// `otlp_endpoint` every 100 ms.
 async fn start_binary(otlp_endpoint: &str) -> ChildApp {
-    spawn_child(&[
+    start_binary_with(otlp_endpoint, &[]).await
+}
+
+async fn start_binary_with(otlp_endpoint: &str, extra: &[(&str, &str)]) -> ChildApp {
+    let mut env = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_endpoint),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         (
@@ -528,8 +543,38 @@ async fn start_binary(otlp_endpoint: &str) -> ChildApp {
         ("USER_SERVICE__LOG__LEVEL", "info"),
         ("USER_SERVICE__SHUTDOWN__DRAIN_DELAY", "100ms"),
         ("USER_SERVICE__SHUTDOWN__TIMEOUT", "2s"),
-    ])
-    .await
+    ];
+    env.extend_from_slice(extra);
+    spawn_child(&env).await
+}
+
+/// The span pipeline's counters on `/metrics`: (ended, exported, failed).
+async fn span_counts(admin: SocketAddr) -> (f64, f64, f64) {
+    let (body, samples) = scrape(admin).await;
+    let get = |name, labels: &[(&str, &str)]| {
+        value(&samples, name, labels).unwrap_or_else(|| panic!("{name} {labels:?}:\n{body}"))
+    };
+    (
+        get("user_service_spans_ended_total", &[]),
+        get("user_service_spans_exported_total", &[("outcome", "ok")]),
+        get("user_service_spans_exported_total", &[("outcome", "error")]),
+    )
+}
+
+/// Polls [`span_counts`] until `done` holds (or panics after 20 s).
+async fn span_counts_until(
+    admin: SocketAddr,
+    done: impl Fn((f64, f64, f64)) -> bool,
+) -> (f64, f64, f64) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let counts = span_counts(admin).await;
+        if done(counts) {
+            return counts;
+        }
+        assert!(Instant::now() < deadline, "span counts stuck at {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 fn with_traceparent<T>(message: T, trace_id: &str, parent_id: &str) -> Request<T> {
@@ -654,6 +699,12 @@ async fn spans_continue_the_callers_trace_and_logs_carry_its_id() {
         "store call is a child span"
     );
 
+    // The pipeline's counters agree with what the collector received.
+    let (ended, exported, failed) =
+        span_counts_until(admin, |(ended, exported, _)| exported >= ended && ended > 0.0).await;
+    let received_now = received.lock().unwrap().len() as f64;
+    assert_eq!((ended, exported, failed), (received_now, received_now, 0.0));
+
     // Only our spans: no transport internals, no health probes.
     for (_, span) in &spans {
         assert!(
@@ -705,6 +756,10 @@ async fn an_unreachable_collector_neither_blocks_startup_nor_shutdown() {
     assert!(started.elapsed() < Duration::from_secs(15));
     let mut client = UserServiceClient::new(connect(binary.grpc_addr).await);
     client.create_user(create_request("nowhere")).await.unwrap();
+    // The lost spans are counted: the call's and its store call's.
+    let (ended, exported, failed) =
+        span_counts_until(binary.admin_addr, |(_, _, failed)| failed >= 2.0).await;
+    assert_eq!((exported, failed), (0.0, ended), "{ended}");
     let stopping = Instant::now();
     let exit = binary.terminate(Duration::from_secs(15)).await;
     assert!(exit.success(), "{exit:?}");
@@ -716,4 +771,53 @@ async fn an_unreachable_collector_neither_blocks_startup_nor_shutdown() {
         stopping.elapsed()
     );
     assert!(lines.iter().any(|l| l.contains("\"finished call\"")));
+}
+
+#[tokio::test]
+async fn spans_the_export_queue_drops_are_counted() {
+    // A collector slower than the calls and a queue of 4: most spans of a
+    // burst find the queue full.
+    let (collector, received) = start_slow_collector(Duration::from_millis(300)).await;
+    let binary = start_binary_with(
+        &format!("http://{collector}"),
+        &[
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "4"),
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4"),
+        ],
+    )
+    .await;
+    let client = UserServiceClient::new(connect(binary.grpc_addr).await);
+    let calls = 200;
+    futures_util::stream::iter(0..calls)
+        .map(|_| {
+            let mut client = client.clone();
+            async move {
+                let missing = uuid::Uuid::now_v7().to_string();
+                let status = client
+                    .get_user(GetUserRequest { user_id: missing })
+                    .await
+                    .unwrap_err();
+                assert_eq!(status.code(), Code::NotFound);
+            }
+        })
+        .buffer_unordered(50)
+        .collect::<Vec<()>>()
+        .await;
+    // Every call's span ended; once the queue has drained, what the
+    // collector got is what was exported, and the rest was dropped.
+    let (ended, exported, failed) = span_counts_until(binary.admin_addr, |(ended, exported, _)| {
+        ended >= f64::from(calls) && exported > 0.0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, exported_later, _) = span_counts(binary.admin_addr).await;
+    assert!(ended >= f64::from(calls), "{ended}");
+    assert_eq!(failed, 0.0);
+    let delivered = received.lock().unwrap().len() as f64;
+    assert_eq!(exported_later, delivered);
+    let dropped = ended - exported_later;
+    assert!(
+        dropped > ended / 2.0,
+        "ended {ended}, exported {exported} then {exported_later}: the queue of 4 should have dropped most"
+    );
 }
