@@ -700,8 +700,10 @@ async fn spans_continue_the_callers_trace_and_logs_carry_its_id() {
     );
 
     // The pipeline's counters agree with what the collector received.
-    let (ended, exported, failed) =
-        span_counts_until(admin, |(ended, exported, _)| exported >= ended && ended > 0.0).await;
+    let (ended, exported, failed) = span_counts_until(admin, |(ended, exported, _)| {
+        exported >= ended && ended > 0.0
+    })
+    .await;
     let received_now = received.lock().unwrap().len() as f64;
     assert_eq!((ended, exported, failed), (received_now, received_now, 0.0));
 
