@@ -13,7 +13,9 @@ use user_service::pb::{
     ListUsersRequest, UpdateUserRequest, UserEventType, UserStatus, WatchUsersRequest,
 };
 
-use crate::helpers::{bad_fields, create_request, email, spawn_app, spawn_app_with, test_settings};
+use crate::helpers::{
+    bad_fields, create_request, email, rename_request, spawn_app, spawn_app_with, test_settings,
+};
 
 fn mask(paths: &[&str]) -> Option<FieldMask> {
     Some(FieldMask {
@@ -266,15 +268,7 @@ async fn update_user_rejects_bad_masks_and_values() {
             },
             vec!["status"],
         ),
-        (
-            UpdateUserRequest {
-                user_id: "bad".into(),
-                name: "X".into(),
-                status: 0,
-                update_mask: None,
-            },
-            vec!["user_id"],
-        ),
+        (rename_request("bad", "X"), vec!["user_id"]),
     ];
     for (request, fields) in cases {
         let status = client.update_user(request.clone()).await.unwrap_err();
@@ -283,12 +277,7 @@ async fn update_user_rejects_bad_masks_and_values() {
     }
 
     let status = client
-        .update_user(UpdateUserRequest {
-            user_id: uuid::Uuid::now_v7().to_string(),
-            name: "X".into(),
-            status: 0,
-            update_mask: None,
-        })
+        .update_user(rename_request(uuid::Uuid::now_v7().to_string(), "X"))
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
@@ -576,14 +565,9 @@ async fn user_updates_answers_each_request_as_it_arrives() {
         .into_inner();
 
     // Lock-step: each answer arrives while the request stream is still open.
-    tx.send(UpdateUserRequest {
-        user_id: a.id.clone(),
-        name: "Alpha".into(),
-        status: 0,
-        update_mask: None,
-    })
-    .await
-    .unwrap();
+    tx.send(rename_request(a.id.clone(), "Alpha"))
+        .await
+        .unwrap();
     let first = tokio::time::timeout(Duration::from_secs(5), answers.next())
         .await
         .expect("answered before half-close")
@@ -623,24 +607,14 @@ async fn user_updates_ends_at_the_first_failure_keeping_earlier_updates() {
     let a = app.create_user("bidi-fail").await;
 
     let requests = vec![
-        UpdateUserRequest {
-            user_id: a.id.clone(),
-            name: "Applied".into(),
-            status: 0,
-            update_mask: None,
-        },
+        rename_request(a.id.clone(), "Applied"),
         UpdateUserRequest {
             user_id: a.id.clone(),
             name: String::new(),
             status: 0,
             update_mask: mask(&["bogus"]),
         },
-        UpdateUserRequest {
-            user_id: a.id.clone(),
-            name: "Never".into(),
-            status: 0,
-            update_mask: None,
-        },
+        rename_request(a.id.clone(), "Never"),
     ];
     let mut answers = client
         .user_updates(futures_util::stream::iter(requests))
@@ -661,12 +635,7 @@ async fn user_updates_ends_at_the_first_failure_keeping_earlier_updates() {
     );
 
     // NOT_FOUND also names the index.
-    let requests = vec![UpdateUserRequest {
-        user_id: uuid::Uuid::now_v7().to_string(),
-        name: "X".into(),
-        status: 0,
-        update_mask: None,
-    }];
+    let requests = vec![rename_request(uuid::Uuid::now_v7().to_string(), "X")];
     let mut answers = client
         .user_updates(futures_util::stream::iter(requests))
         .await
@@ -696,12 +665,7 @@ async fn watch_users_sees_changes_after_it_is_live_in_order() {
 
     let user = app.create_user("watched").await;
     client
-        .update_user(UpdateUserRequest {
-            user_id: user.id.clone(),
-            name: "Renamed".into(),
-            status: 0,
-            update_mask: None,
-        })
+        .update_user(rename_request(user.id.clone(), "Renamed"))
         .await
         .unwrap();
     client
@@ -754,21 +718,11 @@ async fn watch_users_filters_by_id_and_validates_ids() {
         .unwrap()
         .into_inner();
     client
-        .update_user(UpdateUserRequest {
-            user_id: other.id.clone(),
-            name: "Other".into(),
-            status: 0,
-            update_mask: None,
-        })
+        .update_user(rename_request(other.id.clone(), "Other"))
         .await
         .unwrap();
     client
-        .update_user(UpdateUserRequest {
-            user_id: watched.id.clone(),
-            name: "Mine".into(),
-            status: 0,
-            update_mask: None,
-        })
+        .update_user(rename_request(watched.id.clone(), "Mine"))
         .await
         .unwrap();
     let event = tokio::time::timeout(Duration::from_secs(5), events.next())

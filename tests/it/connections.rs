@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use user_service_client::{
     never_sent,
-    pb::{user_service_client::UserServiceClient, GetUserRequest, UpdateUserRequest},
+    pb::{user_service_client::UserServiceClient, GetUserRequest},
     ClientConfig, UserClient,
 };
 
@@ -45,12 +45,7 @@ async fn an_aged_connection_is_recycled_without_a_failed_call() {
         workers.push(tokio::spawn(async move {
             let (mut ok, mut failed) = (0u64, Vec::new());
             while started.elapsed() < RUN {
-                let update = UpdateUserRequest {
-                    user_id: id.clone(),
-                    name: format!("Aged {ok}"),
-                    status: 0,
-                    update_mask: None,
-                };
+                let update = rename_request(id.clone(), format!("Aged {ok}"));
                 match ours.update_user(update).await {
                     Ok(_) => ok += 1,
                     Err(err) => failed.push(format!("UserClient: {err}")),

@@ -315,6 +315,20 @@ pub fn create_request(tag: &str) -> user_service::pb::CreateUserRequest {
     }
 }
 
+/// An UpdateUser that sets only the name (no mask: the fields that are
+/// set are the ones updated).
+pub fn rename_request(
+    user_id: impl Into<String>,
+    name: impl Into<String>,
+) -> user_service::pb::UpdateUserRequest {
+    user_service::pb::UpdateUserRequest {
+        user_id: user_id.into(),
+        name: name.into(),
+        status: 0,
+        update_mask: None,
+    }
+}
+
 /// Field names in the `google.rpc.BadRequest` detail of a status.
 pub fn bad_fields(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;

@@ -17,14 +17,14 @@ use tonic_health::pb::{
 use user_service::{
     domain::PasswordHasher,
     pb::{
-        CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, UpdateUserRequest,
-        UserEvent, UserEventType, WatchUsersRequest,
+        CreateUserRequest, DeleteUserRequest, GetUserRequest, ListUsersRequest, UserEvent,
+        UserEventType, WatchUsersRequest,
     },
     server::Server,
 };
 
 use crate::{
-    helpers::{connect, create_request, http_get, spawn_app_with, TestApp},
+    helpers::{connect, create_request, http_get, rename_request, spawn_app_with, TestApp},
     pg,
 };
 
@@ -108,12 +108,7 @@ async fn replicas_on_one_database_share_users() {
     let renamed = b
         .client
         .clone()
-        .update_user(UpdateUserRequest {
-            user_id: created.id.clone(),
-            name: "Renamed via B".into(),
-            status: 0,
-            update_mask: None,
-        })
+        .update_user(rename_request(created.id.clone(), "Renamed via B"))
         .await
         .unwrap()
         .into_inner();
@@ -196,12 +191,7 @@ async fn a_watcher_on_one_replica_sees_changes_made_through_another_once_in_orde
         .unwrap()
         .into_inner();
     let updated = client
-        .update_user(UpdateUserRequest {
-            user_id: user.id.clone(),
-            name: "Renamed".into(),
-            status: 0,
-            update_mask: None,
-        })
+        .update_user(rename_request(user.id.clone(), "Renamed"))
         .await
         .unwrap()
         .into_inner();
@@ -461,12 +451,7 @@ async fn calls_before_the_migrations_are_unavailable_then_served_once_migrated()
         (
             "UpdateUser",
             client
-                .update_user(UpdateUserRequest {
-                    user_id: missing.clone(),
-                    name: "Early".into(),
-                    status: 0,
-                    update_mask: None,
-                })
+                .update_user(rename_request(missing.clone(), "Early"))
                 .await
                 .map(drop),
         ),
@@ -714,12 +699,7 @@ async fn killing_the_listener_loses_no_change() {
     let writer = tokio::spawn(async move {
         for i in 0..total_updates {
             client
-                .update_user(UpdateUserRequest {
-                    user_id: user.id.clone(),
-                    name: format!("Flow {i}"),
-                    status: 0,
-                    update_mask: None,
-                })
+                .update_user(rename_request(user.id.clone(), format!("Flow {i}")))
                 .await
                 .expect("writes go on while listeners are away");
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -798,12 +778,7 @@ async fn concurrent_writers_on_two_replicas_produce_an_ordered_feed() {
             writers.push(tokio::spawn(async move {
                 for i in 0..20 {
                     client
-                        .update_user(UpdateUserRequest {
-                            user_id: user.id.clone(),
-                            name: format!("Race {i}"),
-                            status: 0,
-                            update_mask: None,
-                        })
+                        .update_user(rename_request(user.id.clone(), format!("Race {i}")))
                         .await
                         .unwrap();
                 }
@@ -843,12 +818,7 @@ async fn a_revision_past_retention_is_out_of_range_over_grpc() {
         .into_inner();
     for i in 0..10 {
         client
-            .update_user(UpdateUserRequest {
-                user_id: user.id.clone(),
-                name: format!("Old {i}"),
-                status: 0,
-                update_mask: None,
-            })
+            .update_user(rename_request(user.id.clone(), format!("Old {i}")))
             .await
             .unwrap();
     }

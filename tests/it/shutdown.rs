@@ -16,13 +16,12 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 use user_service::pb::{
-    user_service_client::UserServiceClient, GetUserRequest, ListUsersRequest, UpdateUserRequest,
-    WatchUsersRequest,
+    user_service_client::UserServiceClient, GetUserRequest, ListUsersRequest, WatchUsersRequest,
 };
 
 use crate::helpers::{
-    connect, connect_small_window, create_request, http_get, seed_file, spawn_app_with,
-    spawn_child, test_settings,
+    connect, connect_small_window, create_request, http_get, rename_request, seed_file,
+    spawn_app_with, spawn_child, test_settings,
 };
 
 async fn readiness(channel: tonic::transport::Channel, service: &str) -> ServingStatus {
@@ -183,14 +182,9 @@ async fn streams_still_open_at_the_timeout_are_cancelled() {
         .await
         .unwrap()
         .into_inner();
-    tx.send(UpdateUserRequest {
-        user_id: user.id.clone(),
-        name: "Once".into(),
-        status: 0,
-        update_mask: None,
-    })
-    .await
-    .unwrap();
+    tx.send(rename_request(user.id.clone(), "Once"))
+        .await
+        .unwrap();
     answers.next().await.unwrap().unwrap();
 
     let started = Instant::now();
@@ -333,12 +327,7 @@ async fn a_rolling_restart_under_load_fails_no_call_started_before_sigterm() {
                 let started = Instant::now();
                 let result = if i % 4 == 0 {
                     client
-                        .update_user(UpdateUserRequest {
-                            user_id: id.clone(),
-                            name: format!("Roll {i}"),
-                            status: 0,
-                            update_mask: None,
-                        })
+                        .update_user(rename_request(id.clone(), format!("Roll {i}")))
                         .await
                         .map(|_| ())
                 } else {

@@ -14,7 +14,7 @@ use tonic_health::pb::{
     health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
 };
 use user_service::pb::{
-    user_service_client::UserServiceClient, ListUsersRequest, UpdateUserRequest, WatchUsersRequest,
+    user_service_client::UserServiceClient, ListUsersRequest, WatchUsersRequest,
 };
 
 use crate::helpers::*;
@@ -115,12 +115,7 @@ async fn a_watcher_that_never_reads_is_ended_with_resource_exhausted_and_memory_
     let (tx, rx) = mpsc::channel(64);
     let feeder = tokio::spawn(async move {
         for i in 0..UPDATES {
-            let update = UpdateUserRequest {
-                user_id: ids[i % ids.len()].clone(),
-                name: format!("Renamed {i:05}"),
-                status: 0,
-                update_mask: None,
-            };
+            let update = rename_request(ids[i % ids.len()].clone(), format!("Renamed {i:05}"));
             if tx.send(update).await.is_err() {
                 break;
             }
@@ -294,12 +289,7 @@ async fn thousands_of_open_watch_streams_cost_bounded_memory_and_health_still_an
 
         // Alive, not just counted: an update reaches every stream.
         users
-            .update_user(UpdateUserRequest {
-                user_id: user.id.clone(),
-                name: format!("Round {round}"),
-                status: 0,
-                update_mask: None,
-            })
+            .update_user(rename_request(user.id.clone(), format!("Round {round}")))
             .await
             .unwrap();
         let mut delivered = 0;
