@@ -18,6 +18,7 @@ REQUIRED_METRICS = (
     "grpc_server_msg_sent_total", "grpc_server_msg_received_total", "process_cpu_seconds_total",
     "process_resident_memory_bytes", "process_open_fds",
     "user_service_store_operation_duration_seconds_bucket", "user_service_store_pool_connections",
+    "user_service_spans_ended_total", "user_service_log_lines_dropped_total",
 )
 # Grafana's variables replaced by values PromQL accepts, for promtool.
 GRAFANA_SUBSTITUTIONS = (
