@@ -768,7 +768,9 @@ def markdown(result):
     if spans is not None:
         lines += ["", f"`chart` delivered {spans:.2f} spans per call served to the OTLP sink (median over rounds). "
                   "Each call creates a SERVER span plus its store spans; fewer arriving means the batch "
-                  "exporter's queue dropped some under load."]
+                  "exporter's queue dropped some under load (the service counts them: "
+                  "`user_service_spans_ended_total` minus `user_service_spans_exported_total`, alert "
+                  "`UserServiceSpansLost`)."]
     lines += ["", "![req/s and p99 per server](bench/results/chart.png)", "", END]
     return "\n".join(lines) + "\n"
 
