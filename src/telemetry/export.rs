@@ -9,10 +9,7 @@
 //! dropped, give or take the spans still queued (at most the queue size).
 
 use std::{
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicU64, Ordering},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -88,14 +85,15 @@ impl<P: SpanProcessor> SpanProcessor for CountEnded<P> {
 #[derive(Debug)]
 struct Watched<E> {
     inner: E,
-    last_warning: Arc<AtomicU64>,
+    /// Unix seconds of the last warning.
+    last_warning: AtomicU64,
 }
 
 impl<E> Watched<E> {
     fn new(inner: E) -> Self {
         Self {
             inner,
-            last_warning: Arc::new(AtomicU64::new(0)),
+            last_warning: AtomicU64::new(0),
         }
     }
 }
