@@ -7,7 +7,8 @@
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]   # e.g. a saved copy of an
 #                                                # older target/release/user-service
 # Modes: warn (log.level=warn, no exporter), chart-no-otlp (JSON info
-# logs), chart (the same + every call exported to a local OTLP sink).
+# logs), chart (the same + every call exported to a local OTLP sink);
+# MODES="chart" runs only the named ones.
 # The user to read is created through the API, so builds from before
 # store.seed_file compare too.
 set -euo pipefail
@@ -54,8 +55,11 @@ one() { # binary mode -> prints CPU µs per call
 echo "| round | mode | A µs/call | B µs/call | B/A |"
 echo "| ---: | --- | ---: | ---: | ---: |"
 for r in $(seq "$ROUNDS"); do
-  for mode in warn chart-no-otlp chart; do
-    a=$(one "$A" "$mode"); b=$(one "$B" "$mode")
+  for mode in ${MODES:-warn chart-no-otlp chart}; do
+    # Which build goes first alternates by round, so a drift in the
+    # machine's speed does not always favour the same one.
+    if [ $((r % 2)) = 1 ]; then a=$(one "$A" "$mode"); b=$(one "$B" "$mode")
+    else b=$(one "$B" "$mode"); a=$(one "$A" "$mode"); fi
     echo "| $r | $mode | $a | $b | $(python3 -c "print('%.2f' % ($b / $a))") |"
   done
 done

@@ -1,27 +1,55 @@
-//! The span pipeline's own health: how many spans were handed to the batch
-//! queue, how many the collector accepted, how many it refused or never
-//! answered for. Read at scrape time, like the log writer's drops.
+//! Getting finished spans to the OTLP collector: a bounded batch queue of
+//! already-encoded spans and one task that sends them over OTLP/gRPC.
 //!
-//! The SDK's batch queue is bounded (`OTEL_BSP_MAX_QUEUE_SIZE`) and drops
-//! spans when full (a core too busy to export, a slow collector), but it
-//! only logs that once and keeps the count to itself. So the span counts
-//! its way in and out: `ended - exported - failed` is what the queue
-//! dropped, give or take the spans still queued (at most the queue size).
+//! This replaces the SDK's batch processor and the OTLP exporter crate on
+//! the hot path. Those move every `SpanData` (several hundred bytes) through
+//! a channel, copy it again into a batch, convert it into the generated
+//! message types (an allocation per id, name, key and value) and only then
+//! encode it: at one or two spans per call that cost more than the call.
+//! Here a span is encoded once, when it ends, into a small per-thread
+//! buffer ([`super::otlp`]), then appended to the open batch under a short
+//! lock.
+//!
+//! The behaviour operators configure stays the SDK's, read from the same
+//! variables: `OTEL_BSP_MAX_QUEUE_SIZE` (2048 spans; past it new spans are
+//! dropped), `OTEL_BSP_MAX_EXPORT_BATCH_SIZE` (512; a full batch is sent at
+//! once), `OTEL_BSP_SCHEDULE_DELAY` (5000 ms; a partial batch is sent this
+//! often), and `OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT` (10000 ms per export)
+//! and `_HEADERS` (`key=value,...`, e.g. a collector's API key).
+//!
+//! The pipeline counts its way in and out, read at scrape time:
+//! `ended - exported - failed` is what the queue dropped, give or take the
+//! spans still queued (at most the queue size).
 
 use std::{
-    sync::atomic::{AtomicU64, Ordering},
+    cell::RefCell,
+    collections::VecDeque,
+    str::FromStr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use opentelemetry::Context;
+use http::uri::PathAndQuery;
+use opentelemetry::{Context, InstrumentationScope};
 use opentelemetry_sdk::{
     error::OTelSdkResult,
-    trace::{BatchSpanProcessor, Span, SpanData, SpanExporter, SpanProcessor},
+    trace::{Span, SpanData, SpanProcessor},
     Resource,
 };
+use tokio::sync::Notify;
+use tonic::{
+    metadata::{MetadataKey, MetadataMap, MetadataValue},
+    transport::{Channel, ClientTlsConfig, Endpoint},
+};
+
+use super::otlp;
 
 /// At most one "cannot export spans" warning per this interval.
 const EXPORT_WARNING_INTERVAL: Duration = Duration::from_secs(60);
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
 static ENDED: AtomicU64 = AtomicU64::new(0);
 static EXPORTED: AtomicU64 = AtomicU64::new(0);
@@ -46,90 +74,427 @@ pub fn span_counts() -> SpanCounts {
     }
 }
 
-/// The batch processor (configured from `OTEL_BSP_*` by the SDK) around
-/// `exporter`, both counted.
-pub fn counted_batch(exporter: impl SpanExporter + 'static) -> impl SpanProcessor + 'static {
-    CountEnded(BatchSpanProcessor::builder(Watched::new(exporter)).build())
+/// The queue's and the exporter's settings, from the `OTEL_*` environment.
+#[derive(Debug, Clone)]
+struct ExportConfig {
+    max_queue: usize,
+    max_batch: usize,
+    delay: Duration,
+    timeout: Duration,
+    headers: MetadataMap,
 }
 
-/// Counts every span offered to the processor it wraps (one atomic add).
-#[derive(Debug)]
-struct CountEnded<P>(P);
-
-impl<P: SpanProcessor> SpanProcessor for CountEnded<P> {
-    fn on_start(&self, span: &mut Span, cx: &Context) {
-        self.0.on_start(span, cx);
+impl ExportConfig {
+    fn from_env() -> Result<Self, String> {
+        let max_queue = env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048).max(1);
+        // The SDK's rule: a batch is never larger than the queue.
+        let max_batch = env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).clamp(1, max_queue);
+        let delay =
+            Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000).max(1) as u64);
+        let timeout = Duration::from_millis(
+            env_first(&[
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ])
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(10_000),
+        );
+        let headers = match env_first(&[
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+        ]) {
+            Some(raw) => parse_headers(&raw)?,
+            None => MetadataMap::new(),
+        };
+        Ok(Self {
+            max_queue,
+            max_batch,
+            delay,
+            timeout,
+            headers,
+        })
     }
+}
+
+fn env_first(names: &[&str]) -> Option<String> {
+    names
+        .iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+}
+
+fn env_number(name: &str, default: usize) -> usize {
+    env_first(&[name])
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs, comma separated, values
+/// percent-encoded (W3C baggage style). The error names the key only: a
+/// value is usually a credential.
+fn parse_headers(raw: &str) -> Result<MetadataMap, String> {
+    let mut headers = MetadataMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(
+                "OTEL_EXPORTER_OTLP_HEADERS: an entry without '=' (expected key=value,...)".into(),
+            );
+        };
+        let key = key.trim().to_ascii_lowercase();
+        let name = MetadataKey::from_str(&key)
+            .map_err(|_| format!("OTEL_EXPORTER_OTLP_HEADERS: {key:?} is not a header name"))?;
+        let value = percent_decode(value.trim())
+            .and_then(|v| MetadataValue::try_from(v.as_str()).ok())
+            .ok_or_else(|| {
+                format!(
+                    "OTEL_EXPORTER_OTLP_HEADERS: the value of {key:?} is not a valid header value"
+                )
+            })?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
+fn percent_decode(raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = raw.get(i + 1..i + 3)?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The span pipeline to `endpoint`: the processor to give the tracer
+/// provider, and the task that sends its batches (spawned on the current
+/// runtime; the channel connects lazily, so an absent collector costs
+/// nothing here).
+pub fn pipeline(endpoint: &str) -> Result<(QueueProcessor, ExportTask), String> {
+    let config = ExportConfig::from_env()?;
+    // The OTLP convention: an endpoint without a scheme is https.
+    let endpoint = if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("https://{endpoint}")
+    };
+    let mut endpoint = Endpoint::from_shared(endpoint)
+        // Not the endpoint itself: it may carry credentials.
+        .map_err(|err| format!("the OTLP endpoint is not a valid URI: {err}"))?
+        .connect_timeout(config.timeout);
+    if endpoint.uri().scheme_str() == Some("https") {
+        endpoint = endpoint
+            .tls_config(ClientTlsConfig::new().with_webpki_roots())
+            .map_err(|err| format!("OTLP endpoint TLS: {err}"))?;
+    }
+    let channel = endpoint.connect_lazy();
+    let queue = Arc::new(Queue {
+        state: Mutex::new(State::default()),
+        wake: Notify::new(),
+        max_queue: config.max_queue,
+        max_batch: config.max_batch,
+    });
+    let exporter = Exporter {
+        queue: Arc::clone(&queue),
+        grpc: tonic::client::Grpc::new(channel),
+        config,
+        last_warning: 0,
+    };
+    let task = ExportTask {
+        queue: Arc::clone(&queue),
+        handle: tokio::spawn(exporter.run()),
+    };
+    Ok((QueueProcessor { queue }, task))
+}
+
+/// The spans waiting to be sent.
+struct Queue {
+    state: Mutex<State>,
+    /// A batch is full, a flush was asked for, or the queue closed.
+    wake: Notify,
+    max_queue: usize,
+    max_batch: usize,
+}
+
+#[derive(Default)]
+struct State {
+    /// The provider's resource, encoded (set once, at build).
+    resource: Vec<u8>,
+    open: Batch,
+    full: VecDeque<Batch>,
+    /// Spans in `open` and `full`.
+    queued: usize,
+    flush: bool,
+    closed: bool,
+}
+
+/// Encoded spans, grouped by instrumentation scope (one, in this crate).
+#[derive(Default)]
+struct Batch {
+    scopes: Vec<ScopeBatch>,
+    spans: usize,
+}
+
+struct ScopeBatch {
+    scope: InstrumentationScope,
+    encoded_scope: Vec<u8>,
+    spans: Vec<u8>,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves whole spans behind (each is
+        // appended in one call), so the data is still good.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds one encoded span; false if the queue is full or closed.
+    fn push(&self, scope: &InstrumentationScope, span: &[u8]) -> bool {
+        let mut state = self.lock();
+        if state.closed || state.queued >= self.max_queue {
+            return false;
+        }
+        let open = &mut state.open;
+        let group = match open.scopes.iter().position(|g| g.scope == *scope) {
+            Some(i) => &mut open.scopes[i],
+            None => {
+                open.scopes.push(ScopeBatch {
+                    scope: scope.clone(),
+                    encoded_scope: otlp::encode_scope(scope),
+                    spans: Vec::with_capacity(span.len() * self.max_batch.min(512)),
+                });
+                let last = open.scopes.len() - 1;
+                &mut open.scopes[last]
+            }
+        };
+        group.spans.extend_from_slice(span);
+        open.spans += 1;
+        state.queued += 1;
+        if state.open.spans >= self.max_batch {
+            let full = std::mem::take(&mut state.open);
+            state.full.push_back(full);
+            drop(state);
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// The next batch to send: a full one, else (on the timer, a flush or
+    /// at close) the open one if it has spans.
+    fn take(&self, timer: bool) -> Option<(Vec<u8>, usize)> {
+        let mut state = self.lock();
+        let batch = match state.full.pop_front() {
+            Some(batch) => batch,
+            None if (timer || state.flush || state.closed) && state.open.spans > 0 => {
+                std::mem::take(&mut state.open)
+            }
+            None => {
+                state.flush = false;
+                return None;
+            }
+        };
+        state.queued -= batch.spans;
+        let request = otlp::export_request(
+            &state.resource,
+            batch
+                .scopes
+                .iter()
+                .map(|g| (&g.encoded_scope[..], &g.spans[..])),
+        );
+        Some((request, batch.spans))
+    }
+
+    fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+}
+
+/// The [`SpanProcessor`] the tracer provider hands finished spans to.
+pub struct QueueProcessor {
+    queue: Arc<Queue>,
+}
+
+impl std::fmt::Debug for QueueProcessor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueueProcessor").finish_non_exhaustive()
+    }
+}
+
+thread_local! {
+    /// Where a span is encoded before it is appended under the lock.
+    static SCRATCH: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+}
+
+impl SpanProcessor for QueueProcessor {
+    fn on_start(&self, _span: &mut Span, _cx: &Context) {}
 
     fn on_end(&self, span: SpanData) {
+        // Recorded but not sampled (a custom sampler's RECORD_ONLY): not
+        // for export.
+        if !span.span_context.is_sampled() {
+            return;
+        }
         ENDED.fetch_add(1, Ordering::Relaxed);
-        self.0.on_end(span);
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            otlp::append_span(&span, scratch);
+            // A full queue drops the span; the counters show it.
+            self.queue.push(&span.instrumentation_scope, scratch);
+        });
     }
 
+    /// Asks the export task to send what is queued, without waiting (it
+    /// runs on the runtime this may be called from).
     fn force_flush(&self) -> OTelSdkResult {
-        self.0.force_flush()
+        self.queue.lock().flush = true;
+        self.queue.wake.notify_one();
+        Ok(())
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
+    /// Stops accepting spans; [`ExportTask::finish`] sends the rest.
+    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+        self.queue.lock().closed = true;
+        self.queue.wake.notify_one();
+        Ok(())
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.0.set_resource(resource);
+        self.queue.lock().resource = otlp::encode_resource(resource);
     }
 }
 
-/// Counts each batch's spans as exported or failed, and says, at most once
-/// a minute, that spans are being lost: an unreachable collector costs the
-/// bounded queue's memory and this one warning.
-#[derive(Debug)]
-struct Watched<E> {
-    inner: E,
-    /// Unix seconds of the last warning.
-    last_warning: AtomicU64,
+/// The running export task.
+pub struct ExportTask {
+    queue: Arc<Queue>,
+    handle: tokio::task::JoinHandle<()>,
 }
 
-impl<E> Watched<E> {
-    fn new(inner: E) -> Self {
-        Self {
-            inner,
-            last_warning: AtomicU64::new(0),
+impl ExportTask {
+    /// Closes the queue, sends what is in it and stops, within `budget`
+    /// (what is left after it is dropped, and the warning says so).
+    pub async fn finish(self, budget: Duration) {
+        self.queue.lock().closed = true;
+        self.queue.wake.notify_one();
+        let abort = self.handle.abort_handle();
+        match tokio::time::timeout(budget, self.handle).await {
+            Ok(Ok(())) => {}
+            Ok(Err(join)) => tracing::warn!(error = %join, "trace export task"),
+            Err(_) => {
+                abort.abort();
+                tracing::warn!(?budget, "trace exporter did not flush in time");
+            }
         }
     }
 }
 
-impl<E: SpanExporter> SpanExporter for Watched<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len();
-        let result = self.inner.export(batch).await;
+struct Exporter {
+    queue: Arc<Queue>,
+    grpc: tonic::client::Grpc<Channel>,
+    config: ExportConfig,
+    /// Unix seconds of the last warning.
+    last_warning: u64,
+}
+
+impl Exporter {
+    async fn run(mut self) {
+        let mut timer = tokio::time::interval(self.config.delay);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer.tick().await;
+        loop {
+            let timer_fired = tokio::select! {
+                _ = timer.tick() => true,
+                () = self.queue.wake.notified() => false,
+            };
+            while let Some((request, spans)) = self.queue.take(timer_fired) {
+                self.send(request, spans).await;
+            }
+            if self.queue.is_closed() {
+                // Anything pushed after the last take was refused (closed).
+                return;
+            }
+        }
+    }
+
+    async fn send(&mut self, request: Vec<u8>, spans: usize) {
+        let mut call = tonic::Request::new(Encoded(request));
+        *call.metadata_mut() = self.config.headers.clone();
+        call.set_timeout(self.config.timeout);
+        let grpc = &mut self.grpc;
+        let result = tokio::time::timeout(self.config.timeout, async {
+            grpc.ready()
+                .await
+                .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+            grpc.unary(
+                call,
+                PathAndQuery::from_static(EXPORT_PATH),
+                tonic_prost::ProstCodec::<Encoded, ()>::default(),
+            )
+            .await
+        })
+        .await
+        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("export timed out")));
         let counter = if result.is_ok() { &EXPORTED } else { &FAILED };
         counter.fetch_add(spans as u64, Ordering::Relaxed);
-        if let Err(err) = &result {
+        if let Err(status) = result {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let last = self.last_warning.load(Ordering::Relaxed);
-            if now.saturating_sub(last) >= EXPORT_WARNING_INTERVAL.as_secs()
-                && self
-                    .last_warning
-                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                tracing::warn!(error = %err, spans, "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)");
+            if now.saturating_sub(self.last_warning) >= EXPORT_WARNING_INTERVAL.as_secs() {
+                self.last_warning = now;
+                // The status only: its message never carries our headers.
+                tracing::warn!(code = ?status.code(), error = status.message(), spans, "cannot export spans to the OTLP collector; dropping them (next warning in a minute at the earliest)");
             }
         }
-        result
+    }
+}
+
+/// An already-encoded request, handed to tonic as a message.
+#[derive(Debug, Default, Clone)]
+struct Encoded(Vec<u8>);
+
+impl prost::Message for Encoded {
+    fn encode_raw(&self, buf: &mut impl bytes::BufMut) {
+        buf.put_slice(&self.0);
     }
 
-    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
+    fn merge_field(
+        &mut self,
+        tag: u32,
+        wire_type: prost::encoding::WireType,
+        buf: &mut impl bytes::Buf,
+        ctx: prost::encoding::DecodeContext,
+    ) -> Result<(), prost::DecodeError> {
+        prost::encoding::skip_field(wire_type, tag, buf, ctx)
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
+    fn encoded_len(&self) -> usize {
+        self.0.len()
     }
 
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
+    fn clear(&mut self) {
+        self.0.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_parsed_and_percent_decoded_and_errors_name_no_value() {
+        let headers = parse_headers("api-key=s%3Dcret, X-Tenant = blue ").unwrap();
+        assert_eq!(headers.get("api-key").unwrap(), "s=cret");
+        assert_eq!(headers.get("x-tenant").unwrap(), "blue");
+        let err = parse_headers("api-key").unwrap_err();
+        assert!(err.contains("without '='"), "{err}");
+        let err = parse_headers("api-key=s%ZZcret").unwrap_err();
+        assert!(err.contains("api-key") && !err.contains("cret"), "{err}");
     }
 }

@@ -14,13 +14,13 @@
 pub mod export;
 pub mod json;
 pub mod metrics;
+mod otlp;
 pub mod process;
 pub mod trace;
 
 use std::{sync::OnceLock, time::Duration};
 
 use opentelemetry::{trace::TracerProvider as _, KeyValue};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::{
     resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector},
     trace::SdkTracerProvider,
@@ -43,27 +43,27 @@ pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 #[must_use = "call shutdown() before exiting, or buffered spans are lost"]
 pub struct Telemetry {
     provider: SdkTracerProvider,
+    /// Sends the queued spans; `None` without an OTLP endpoint.
+    export: Option<export::ExportTask>,
     /// Flushes the log writer's queue when dropped (last, after the spans).
     _log_writer: Option<WorkerGuard>,
 }
 
 impl Telemetry {
-    /// Flushes buffered spans and stops the exporter, waiting at most
-    /// `budget`. The SDK's shutdown blocks its caller until the batch thread
-    /// is done, which can deadlock a small runtime if done in place: it
-    /// runs on the blocking pool instead.
+    /// Sends the queued spans and stops the exporter, waiting at most
+    /// `budget`.
     pub async fn shutdown(self, budget: Duration) {
         let Telemetry {
             provider,
+            export,
             _log_writer,
         } = self;
-        let flush = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(budget));
-        // A little extra so the SDK's own timeout fires first.
-        match tokio::time::timeout(budget + Duration::from_millis(250), flush).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(err))) => tracing::warn!(error = %err, "trace exporter shutdown"),
-            Ok(Err(join)) => tracing::warn!(error = %join, "trace exporter shutdown task"),
-            Err(_) => tracing::warn!(?budget, "trace exporter did not flush in time"),
+        if let Some(export) = export {
+            export.finish(budget).await;
+        }
+        // Nothing is left to flush: this only marks the provider shut down.
+        if let Err(err) = provider.shutdown() {
+            tracing::debug!(error = %err, "tracer provider shutdown");
         }
     }
 }
@@ -80,8 +80,8 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::
 /// Must run inside the Tokio runtime (the OTLP client spawns its connection
 /// task there). Never blocks on, or fails because of, the collector.
 pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
-    let (provider, exporting, exporter_error) = tracer_provider(telemetry);
-    if exporting {
+    let (provider, export, exporter_error) = tracer_provider(telemetry);
+    if export.is_some() {
         // The call layer and the store make their spans with it directly.
         trace::set_exporting_tracer(provider.tracer(SERVICE_NAME));
     }
@@ -134,6 +134,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
     }
     Telemetry {
         provider,
+        export,
         _log_writer: log_writer,
     }
 }
@@ -174,41 +175,50 @@ fn log_writer() -> (NonBlocking, WorkerGuard) {
 
 /// The tracer provider: exporting over OTLP/gRPC when an endpoint is
 /// configured, otherwise only minting ids. The sampler comes from
-/// `OTEL_TRACES_SAMPLER`/`_ARG` (default: parent-based always-on) and the
-/// batch settings from `OTEL_BSP_*`, both read by the SDK.
-fn tracer_provider(settings: &TelemetrySettings) -> (SdkTracerProvider, bool, Option<String>) {
+/// `OTEL_TRACES_SAMPLER`/`_ARG` (default: parent-based always-on), read by
+/// the SDK; the batch settings from `OTEL_BSP_*` ([`export`]).
+fn tracer_provider(
+    settings: &TelemetrySettings,
+) -> (
+    SdkTracerProvider,
+    Option<export::ExportTask>,
+    Option<String>,
+) {
     let mut builder = SdkTracerProvider::builder().with_resource(resource());
     let configured = settings
         .otlp_endpoint
         .as_deref()
         .map(str::trim)
         .filter(|e| !e.is_empty());
-    let from_env = [
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_EXPORTER_OTLP_ENDPOINT",
-    ]
-    .iter()
-    .any(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()));
+    // The setting wins over the environment, the traces-only variable over
+    // the general one.
+    let endpoint = configured.map(str::to_owned).or_else(|| {
+        [
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+        ]
+        .iter()
+        .find_map(|var| {
+            std::env::var(var)
+                .ok()
+                .map(|v| v.trim().to_owned())
+                .filter(|v| !v.is_empty())
+        })
+    });
     let mut error = None;
-    let mut exporting = false;
-    if configured.is_some() || from_env {
-        let mut exporter = opentelemetry_otlp::SpanExporter::builder().with_tonic();
-        if let Some(endpoint) = configured {
-            // Set in code it would override the environment, so only when
-            // the setting is present.
-            exporter = exporter.with_endpoint(endpoint);
-        }
+    let mut task = None;
+    if let Some(endpoint) = endpoint {
         // The channel connects lazily: an absent collector costs nothing
         // here, only failed (and warned about) exports later.
-        match exporter.build() {
-            Ok(exporter) => {
-                builder = builder.with_span_processor(export::counted_batch(exporter));
-                exporting = true;
+        match export::pipeline(&endpoint) {
+            Ok((processor, export)) => {
+                builder = builder.with_span_processor(processor);
+                task = Some(export);
             }
-            Err(err) => error = Some(err.to_string()),
+            Err(err) => error = Some(err),
         }
     }
-    (builder.build(), exporting, error)
+    (builder.build(), task, error)
 }
 
 /// `service.name` = `OTEL_SERVICE_NAME`, else `service.name` from
@@ -243,7 +253,6 @@ fn with_quiet_transport(directives: &str) -> String {
         "axum",
         "opentelemetry",
         "opentelemetry_sdk",
-        "opentelemetry_otlp",
     ] {
         if !directives.contains(noisy) {
             out.push_str(&format!(",{noisy}=warn"));
