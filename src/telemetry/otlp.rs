@@ -161,35 +161,39 @@ fn key_value(key: &str, value: &Value, out: &mut Vec<u8>) {
     message(out, 2, |out| any_value(value, out));
 }
 
-/// `AnyValue`: string = 1, bool = 2, int = 3, double = 4, array = 5.
+/// `AnyValue`: string = 1, bool = 2, int = 3, double = 4, array = 5. A
+/// oneof member is written even when it holds the default (0, false, ""):
+/// without it the value would decode as absent.
 fn any_value(value: &Value, out: &mut Vec<u8>) {
     match value {
-        Value::Bool(v) => varint(out, 2, u64::from(*v)),
+        Value::Bool(v) => scalar(out, 2, WireType::Varint, u64::from(*v)),
         // int64 is the two's complement bit pattern as a varint.
-        Value::I64(v) => varint(out, 3, *v as u64),
-        Value::F64(v) => fixed64(out, 4, v.to_bits()),
-        Value::String(v) => string(out, 1, v.as_str()),
+        Value::I64(v) => scalar(out, 3, WireType::Varint, *v as u64),
+        Value::F64(v) => scalar(out, 4, WireType::SixtyFourBit, v.to_bits()),
+        Value::String(v) => bytes(out, 1, v.as_str().as_bytes()),
         Value::Array(array) => message(out, 5, |out| {
             // ArrayValue { values = 1 (AnyValue) }
+            let mut each = |v: Value| message(out, 1, |out| any_value(&v, out));
             match array {
-                Array::Bool(vs) => vs.iter().for_each(|v| {
-                    message(out, 1, |out| varint(out, 2, u64::from(*v)));
-                }),
-                Array::I64(vs) => vs.iter().for_each(|v| {
-                    message(out, 1, |out| varint(out, 3, *v as u64));
-                }),
-                Array::F64(vs) => vs.iter().for_each(|v| {
-                    message(out, 1, |out| fixed64(out, 4, v.to_bits()));
-                }),
-                Array::String(vs) => vs.iter().for_each(|v| {
-                    message(out, 1, |out| string(out, 1, v.as_str()));
-                }),
+                Array::Bool(vs) => vs.iter().for_each(|v| each(Value::Bool(*v))),
+                Array::I64(vs) => vs.iter().for_each(|v| each(Value::I64(*v))),
+                Array::F64(vs) => vs.iter().for_each(|v| each(Value::F64(*v))),
+                Array::String(vs) => vs.iter().for_each(|v| each(Value::String(v.clone()))),
                 // A kind of array newer than this code: its text.
-                other => message(out, 1, |out| string(out, 1, &other.to_string())),
+                other => each(Value::from(other.to_string())),
             }
         }),
         // A kind of value newer than this code: its text.
-        other => string(out, 1, &other.to_string()),
+        other => bytes(out, 1, other.to_string().as_bytes()),
+    }
+}
+
+/// A varint or fixed64 field, written whatever its value (oneof members).
+fn scalar(out: &mut Vec<u8>, tag: u32, wire_type: WireType, value: u64) {
+    encode_key(tag, wire_type, out);
+    match wire_type {
+        WireType::SixtyFourBit => out.extend_from_slice(&value.to_le_bytes()),
+        _ => encode_varint(value, out),
     }
 }
 
@@ -309,11 +313,17 @@ mod tests {
                 KeyValue::new("rpc.grpc.status_code", -1_i64),
                 KeyValue::new("ok", true),
                 KeyValue::new("ratio", 0.25),
+                // Defaults, which a oneof must still carry.
+                KeyValue::new("zero", 0_i64),
+                KeyValue::new("no", false),
+                KeyValue::new("empty", ""),
+                KeyValue::new("nought", 0.0),
                 KeyValue::new(
                     "tags",
                     Value::Array(Array::String(vec![StringValue::from("a"), "b".into()])),
                 ),
-                KeyValue::new("ns", Value::Array(Array::I64(vec![1, -2]))),
+                KeyValue::new("ns", Value::Array(Array::I64(vec![1, 0, -2]))),
+                KeyValue::new("bs", Value::Array(Array::Bool(vec![false, true]))),
             ],
             dropped_attributes_count: 3,
             events,
