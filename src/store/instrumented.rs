@@ -10,7 +10,6 @@ use std::{
 
 use async_trait::async_trait;
 use metrics::Histogram;
-use opentelemetry::KeyValue;
 use time::OffsetDateTime;
 use tokio::sync::broadcast;
 
@@ -132,9 +131,7 @@ impl InstrumentedStore {
         fut: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         let start = Instant::now();
-        let mut span = ChildSpan::start(op.span_name(), || {
-            vec![KeyValue::new("store.operation", op.name())]
-        });
+        let mut span = ChildSpan::start(op.span_name(), [("store.operation", op.name())]);
         let result = match self.bound {
             None => fut.await,
             Some(bound) => match tokio::time::timeout(bound, fut).await {

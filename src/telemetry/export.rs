@@ -172,10 +172,10 @@ fn percent_decode(raw: &str) -> Option<String> {
 }
 
 /// The span pipeline to `endpoint`: the processor to give the tracer
-/// provider, and the task that sends its batches (spawned on the current
-/// runtime; the channel connects lazily, so an absent collector costs
-/// nothing here).
-pub fn pipeline(endpoint: &str) -> Result<(QueueProcessor, ExportTask), String> {
+/// provider, the sink the hot path's own spans go to (the same queue), and
+/// the task that sends its batches (spawned on the current runtime; the
+/// channel connects lazily, so an absent collector costs nothing here).
+pub fn pipeline(endpoint: &str) -> Result<(QueueProcessor, SpanSink, ExportTask), String> {
     let config = ExportConfig::from_env()?;
     // The OTLP convention: an endpoint without a scheme is https.
     let endpoint = if endpoint.contains("://") {
@@ -209,7 +209,8 @@ pub fn pipeline(endpoint: &str) -> Result<(QueueProcessor, ExportTask), String> 
         queue: Arc::clone(&queue),
         handle: tokio::spawn(exporter.run()),
     };
-    Ok((QueueProcessor { queue }, task))
+    let sink = SpanSink { queue };
+    Ok((QueueProcessor { sink: sink.clone() }, sink, task))
 }
 
 /// The spans waiting to be sent.
@@ -316,9 +317,30 @@ impl Queue {
     }
 }
 
+/// Where finished, sampled spans are queued for export: the SDK's (through
+/// [`QueueProcessor`]) and the hot path's own ([`super::trace`]).
+#[derive(Clone)]
+pub struct SpanSink {
+    queue: Arc<Queue>,
+}
+
+impl SpanSink {
+    /// Queues one span of `scope` that `encode` writes with
+    /// [`otlp::append_span`] or [`otlp::append_recorded`]; a full queue
+    /// drops it (the counters show it).
+    pub fn send(&self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
+        ENDED.fetch_add(1, Ordering::Relaxed);
+        SCRATCH.with_borrow_mut(|scratch| {
+            scratch.clear();
+            encode(scratch);
+            self.queue.push(scope, scratch);
+        });
+    }
+}
+
 /// The [`SpanProcessor`] the tracer provider hands finished spans to.
 pub struct QueueProcessor {
-    queue: Arc<Queue>,
+    sink: SpanSink,
 }
 
 impl std::fmt::Debug for QueueProcessor {
@@ -341,32 +363,30 @@ impl SpanProcessor for QueueProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        ENDED.fetch_add(1, Ordering::Relaxed);
-        SCRATCH.with_borrow_mut(|scratch| {
-            scratch.clear();
-            otlp::append_span(&span, scratch);
-            // A full queue drops the span; the counters show it.
-            self.queue.push(&span.instrumentation_scope, scratch);
+        self.sink.send(&span.instrumentation_scope, |out| {
+            otlp::append_span(&span, out)
         });
     }
 
     /// Asks the export task to send what is queued, without waiting (it
     /// runs on the runtime this may be called from).
     fn force_flush(&self) -> OTelSdkResult {
-        self.queue.lock().flush = true;
-        self.queue.wake.notify_one();
+        let queue = &self.sink.queue;
+        queue.lock().flush = true;
+        queue.wake.notify_one();
         Ok(())
     }
 
     /// Stops accepting spans; [`ExportTask::finish`] sends the rest.
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        self.queue.lock().closed = true;
-        self.queue.wake.notify_one();
+        let queue = &self.sink.queue;
+        queue.lock().closed = true;
+        queue.wake.notify_one();
         Ok(())
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.queue.lock().resource = otlp::encode_resource(resource);
+        self.sink.queue.lock().resource = otlp::encode_resource(resource);
     }
 }
 

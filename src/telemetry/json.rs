@@ -372,7 +372,7 @@ mod tests {
 
     #[test]
     fn an_attached_context_without_a_tracing_span_is_used_too() {
-        let call = crate::telemetry::trace::CallSpan::start("x", &http::HeaderMap::new(), Vec::new);
+        let call = crate::telemetry::trace::CallSpan::start("x", &http::HeaderMap::new());
         let lines = parse(&written(|| {
             let _guard = call.context().clone().attach();
             tracing::info!("in a call");
@@ -397,7 +397,7 @@ mod tests {
 
     #[test]
     fn the_message_comes_first_then_the_trace_then_the_fields() {
-        let call = crate::telemetry::trace::CallSpan::start("x", &http::HeaderMap::new(), Vec::new);
+        let call = crate::telemetry::trace::CallSpan::start("x", &http::HeaderMap::new());
         let text = written(|| {
             let _guard = call.context().clone().attach();
             tracing::info!(a = 1, b = "two", "hello");

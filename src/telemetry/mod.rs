@@ -20,7 +20,7 @@ pub mod trace;
 
 use std::{sync::OnceLock, time::Duration};
 
-use opentelemetry::{trace::TracerProvider as _, KeyValue};
+use opentelemetry::{trace::TracerProvider as _, InstrumentationScope, KeyValue};
 use opentelemetry_sdk::{
     resource::{EnvResourceDetector, ResourceDetector, TelemetryResourceDetector},
     trace::SdkTracerProvider,
@@ -81,10 +81,6 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::
 /// task there). Never blocks on, or fails because of, the collector.
 pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
     let (provider, export, exporter_error) = tracer_provider(telemetry);
-    if export.is_some() {
-        // The call layer and the store make their spans with it directly.
-        trace::set_exporting_tracer(provider.tracer(SERVICE_NAME));
-    }
 
     // Settings::load validated log.level with this same function; a level
     // that still fails is said out loud, never silently replaced.
@@ -211,8 +207,11 @@ fn tracer_provider(
         // The channel connects lazily: an absent collector costs nothing
         // here, only failed (and warned about) exports later.
         match export::pipeline(&endpoint) {
-            Ok((processor, export)) => {
+            Ok((processor, sink, export)) => {
                 builder = builder.with_span_processor(processor);
+                // The call layer and the store record their spans into the
+                // same queue, under the tracers' scope.
+                trace::set_exporting(sink, InstrumentationScope::builder(SERVICE_NAME).build());
                 task = Some(export);
             }
             Err(err) => error = Some(err),

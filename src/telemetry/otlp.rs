@@ -11,10 +11,13 @@
 //! the tests decode the output with the generated types and compare it with
 //! the exporter crate's own conversion.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::{
+    io::Write as _,
+    time::{SystemTime, UNIX_EPOCH},
+};
 
 use opentelemetry::{
-    trace::{SpanKind, Status},
+    trace::{SpanContext, SpanId, SpanKind, Status},
     Array, InstrumentationScope, KeyValue, Value,
 };
 use opentelemetry_sdk::{trace::SpanData, Resource};
@@ -81,25 +84,91 @@ pub fn encode_scope(scope: &InstrumentationScope) -> Vec<u8> {
     out
 }
 
+/// A span the hot path recorded itself (`telemetry::trace`), without the
+/// SDK's `SpanData`: its ids and flags are `context`'s.
+pub struct Recorded<'a> {
+    pub context: &'a SpanContext,
+    pub parent: SpanId,
+    pub parent_is_remote: bool,
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub start: SystemTime,
+    pub end: SystemTime,
+    /// Status ERROR with this description; `None` leaves it unset.
+    pub error: Option<&'static str>,
+}
+
+/// Appends a [`Recorded`] span like [`append_span`]; `attributes` writes
+/// its attributes straight into the message.
+pub fn append_recorded(
+    span: &Recorded<'_>,
+    attributes: impl FnOnce(&mut Attributes<'_>),
+    out: &mut Vec<u8>,
+) {
+    message(out, SCOPE_SPANS_SPAN, |out| {
+        head(
+            out,
+            span.context,
+            span.parent,
+            span.name,
+            &span.kind,
+            (span.start, span.end),
+        );
+        attributes(&mut Attributes(out));
+        let status = match span.error {
+            Some(description) => Status::error(description),
+            None => Status::Unset,
+        };
+        tail(out, &status, span.parent_is_remote, span.context);
+    });
+}
+
+/// Writes a span's attributes (`Span.attributes`, field 9) in place.
+pub struct Attributes<'a>(&'a mut Vec<u8>);
+
+impl Attributes<'_> {
+    pub fn str(&mut self, key: &str, value: &str) {
+        message(self.0, 9, |out| {
+            string(out, 1, key);
+            message(out, 2, |out| bytes(out, 1, value.as_bytes()));
+        });
+    }
+
+    pub fn int(&mut self, key: &str, value: i64) {
+        message(self.0, 9, |out| {
+            string(out, 1, key);
+            message(out, 2, |out| scalar(out, 3, WireType::Varint, value as u64));
+        });
+    }
+
+    /// A string value formatted in place (an address, without a `String`).
+    pub fn display(&mut self, key: &str, value: impl std::fmt::Display) {
+        message(self.0, 9, |out| {
+            string(out, 1, key);
+            message(out, 2, |out| {
+                message(out, 1, |out| {
+                    // Writing into a Vec cannot fail.
+                    let _ = write!(out, "{value}");
+                });
+            });
+        });
+    }
+
+    pub fn key_value(&mut self, kv: &KeyValue) {
+        message(self.0, 9, |out| key_value(kv.key.as_str(), &kv.value, out));
+    }
+}
+
 fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
     let cx = &span.span_context;
-    bytes(out, 1, &cx.trace_id().to_bytes());
-    bytes(out, 2, &cx.span_id().to_bytes());
-    string(out, 3, &cx.trace_state().header());
-    if span.parent_span_id != opentelemetry::SpanId::INVALID {
-        bytes(out, 4, &span.parent_span_id.to_bytes());
-    }
-    string(out, 5, &span.name);
-    let kind = match span.span_kind {
-        SpanKind::Internal => 1,
-        SpanKind::Server => 2,
-        SpanKind::Client => 3,
-        SpanKind::Producer => 4,
-        SpanKind::Consumer => 5,
-    };
-    varint(out, 6, kind);
-    fixed64(out, 7, nanos(span.start_time));
-    fixed64(out, 8, nanos(span.end_time));
+    head(
+        out,
+        cx,
+        span.parent_span_id,
+        &span.name,
+        &span.span_kind,
+        (span.start_time, span.end_time),
+    );
     attributes(out, 9, span.attributes.iter());
     varint(out, 10, u64::from(span.dropped_attributes_count));
     for event in span.events.iter() {
@@ -123,8 +192,41 @@ fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
         });
     }
     varint(out, 14, u64::from(span.links.dropped_count));
-    // Always present, as the exporter crate writes it (empty when unset).
-    message(out, 15, |out| match &span.status {
+    tail(out, &span.status, span.parent_span_is_remote, cx);
+}
+
+/// `Span` fields 1 to 8: ids, trace state, parent, name, kind, times.
+fn head(
+    out: &mut Vec<u8>,
+    cx: &SpanContext,
+    parent: SpanId,
+    name: &str,
+    kind: &SpanKind,
+    (start, end): (SystemTime, SystemTime),
+) {
+    bytes(out, 1, &cx.trace_id().to_bytes());
+    bytes(out, 2, &cx.span_id().to_bytes());
+    string(out, 3, &cx.trace_state().header());
+    if parent != SpanId::INVALID {
+        bytes(out, 4, &parent.to_bytes());
+    }
+    string(out, 5, name);
+    let kind = match kind {
+        SpanKind::Internal => 1,
+        SpanKind::Server => 2,
+        SpanKind::Client => 3,
+        SpanKind::Producer => 4,
+        SpanKind::Consumer => 5,
+    };
+    varint(out, 6, kind);
+    fixed64(out, 7, nanos(start));
+    fixed64(out, 8, nanos(end));
+}
+
+/// `Span` fields 15 and 16: status (always present, as the exporter crate
+/// writes it) and flags.
+fn tail(out: &mut Vec<u8>, status: &Status, parent_is_remote: bool, cx: &SpanContext) {
+    message(out, 15, |out| match status {
         Status::Unset => {}
         Status::Ok => varint(out, 3, 1),
         Status::Error { description } => {
@@ -132,11 +234,7 @@ fn encode_span(span: &SpanData, out: &mut Vec<u8>) {
             varint(out, 3, 2);
         }
     });
-    fixed32(
-        out,
-        16,
-        flags(span.parent_span_is_remote, cx.trace_flags().to_u8()),
-    );
+    fixed32(out, 16, flags(parent_is_remote, cx.trace_flags().to_u8()));
 }
 
 fn flags(parent_is_remote: bool, trace_flags: u8) -> u32 {
@@ -366,5 +464,59 @@ mod tests {
         };
         assert_eq!(decoded, expected);
         assert_eq!(ours, expected.encode_to_vec(), "byte for byte, too");
+    }
+
+    #[test]
+    fn a_recorded_span_encodes_like_the_same_span_from_the_sdk() {
+        use opentelemetry_proto::tonic::trace::v1::Span as ProtoSpan;
+
+        let mut sdk = span(
+            "GetUser",
+            SpanId::from(5),
+            Status::error("Unavailable"),
+            SpanKind::Server,
+        );
+        sdk.span_context = SpanContext::new(
+            sdk.span_context.trace_id(),
+            sdk.span_context.span_id(),
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::from_key_value([("vendor", "x")]).unwrap(),
+        );
+        sdk.attributes = vec![
+            KeyValue::new("rpc.method", "GetUser"),
+            KeyValue::new("network.peer.address", "10.0.0.7"),
+            KeyValue::new("rpc.grpc.status_code", 0_i64),
+        ];
+        sdk.dropped_attributes_count = 0;
+        sdk.events = SpanEvents::default();
+        sdk.links = SpanLinks::default();
+        let recorded = Recorded {
+            context: &sdk.span_context,
+            parent: sdk.parent_span_id,
+            parent_is_remote: sdk.parent_span_is_remote,
+            name: "GetUser",
+            kind: SpanKind::Server,
+            start: sdk.start_time,
+            end: sdk.end_time,
+            error: Some("Unavailable"),
+        };
+        let mut ours = Vec::new();
+        append_recorded(
+            &recorded,
+            |span| {
+                span.str("rpc.method", "GetUser");
+                span.display("network.peer.address", std::net::Ipv4Addr::new(10, 0, 0, 7));
+                span.int("rpc.grpc.status_code", 0);
+            },
+            &mut ours,
+        );
+        let mut theirs = Vec::new();
+        append_span(&sdk, &mut theirs);
+        assert_eq!(ours, theirs);
+        // Past the field's one-byte tag, a length-delimited Span.
+        assert_eq!(ours[0], 0x12, "ScopeSpans.spans, length-delimited");
+        let decoded = ProtoSpan::decode_length_delimited(&ours[1..]).unwrap();
+        assert_eq!(decoded, ProtoSpan::from(sdk));
     }
 }

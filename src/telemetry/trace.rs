@@ -1,60 +1,171 @@
-//! Spans on the hot path, made with the OpenTelemetry SDK directly.
+//! Spans on the hot path, recorded and encoded here, not by the SDK.
 //!
 //! Every gRPC call gets one SERVER span (by the call layer) and, inside a
 //! sampled call, one INTERNAL span per store operation. Going through
 //! `tracing` + `tracing-opentelemetry` for these cost more than the call
 //! itself (a registry slot, per-poll enter/exit bookkeeping, extensions
-//! locks, field formatting for every span even when nothing is logged), so
-//! they are built here and carried as an OpenTelemetry [`Context`], which
-//! the JSON log formatter reads for `trace_id`/`span_id`.
+//! locks, field formatting for every span even when nothing is logged), and
+//! so did the SDK's own spans (a `SpanData` with a `Vec` of `KeyValue`s, a
+//! `String` per address, moved to the exporter and converted there). So a
+//! span here is a few fields on the stack: the SDK's sampler decides, its
+//! id generator mints the ids, and at the end the span is written straight
+//! into the export queue as OTLP protobuf ([`super::otlp`]), its attributes
+//! with it. It is carried as an OpenTelemetry [`Context`], which the JSON
+//! log formatter reads for `trace_id`/`span_id`.
 //!
-//! - With an exporter: the SDK tracer decides sampling; unsampled calls get
-//!   a non-recording span (ids only), sampled ones record attributes.
-//! - Without one: nothing could ever be exported, so no SDK span is built
-//!   at all; the call still gets a trace id (the caller's, or a new one)
-//!   and a span id, so its log lines correlate with the caller's trace.
+//! - With an exporter: the sampler (`OTEL_TRACES_SAMPLER`) decides;
+//!   unsampled calls get ids only.
+//! - Without one: nothing could ever be exported, so nothing is recorded;
+//!   the call still gets a trace id (the caller's, or a new one) and a span
+//!   id, so its log lines correlate with the caller's trace.
 //!
 //! Spans made with `tracing` elsewhere in the crate still become
 //! OpenTelemetry spans through `tracing-opentelemetry`, as children of the
-//! current call (that layer reads [`Context::current`] for a parent).
+//! current call (that layer reads [`Context::current`] for a parent), and
+//! reach the same queue through the SDK.
 
-use std::{net::SocketAddr, sync::OnceLock};
+use std::{sync::OnceLock, time::SystemTime};
 
 use http::HeaderMap;
 use opentelemetry::{
     propagation::{Extractor, TextMapPropagator},
-    trace::{
-        Span as _, SpanBuilder, SpanContext, SpanKind, Status, TraceContextExt, TraceFlags,
-        Tracer as _,
-    },
-    Context, KeyValue,
+    trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags},
+    Context, InstrumentationScope, KeyValue,
 };
 use opentelemetry_sdk::{
     propagation::TraceContextPropagator,
-    trace::{IdGenerator, RandomIdGenerator, SdkTracer},
+    trace::{Config, IdGenerator, RandomIdGenerator, SamplingDecision, ShouldSample},
 };
 
-/// The exporting tracer, set once by [`super::init`] when an OTLP endpoint
-/// is configured.
-static EXPORTING: OnceLock<SdkTracer> = OnceLock::new();
+use super::{
+    export::SpanSink,
+    otlp::{self, Attributes},
+};
 
-pub(super) fn set_exporting_tracer(tracer: SdkTracer) {
-    let _ = EXPORTING.set(tracer);
+/// What recording needs, set once by [`super::init`] when an OTLP endpoint
+/// is configured.
+struct Exporting {
+    sink: SpanSink,
+    /// The SDK's, from the same `OTEL_TRACES_SAMPLER`/`_ARG` as its tracers.
+    sampler: Box<dyn ShouldSample>,
+    scope: InstrumentationScope,
 }
 
-fn exporting() -> Option<&'static SdkTracer> {
+static EXPORTING: OnceLock<Exporting> = OnceLock::new();
+
+pub(super) fn set_exporting(sink: SpanSink, scope: InstrumentationScope) {
+    let _ = EXPORTING.set(Exporting {
+        sink,
+        sampler: Config::default().sampler,
+        scope,
+    });
+}
+
+fn exporting() -> Option<&'static Exporting> {
     EXPORTING.get()
 }
 
-/// Whether spans are exported at all (so recording them is worth it).
-pub fn is_exporting() -> bool {
-    exporting().is_some()
+/// A sampled span being recorded: what its end needs besides the context.
+struct Recording {
+    name: &'static str,
+    parent: SpanId,
+    parent_is_remote: bool,
+    start: SystemTime,
+    /// The sampler's attributes (none from the SDK's own samplers).
+    sampler_attributes: Vec<KeyValue>,
+}
+
+/// A span's context and, when it is sampled, its recording: the sampler's
+/// decision, as the SDK's tracer makes it.
+fn begin(parent: &Context, name: &'static str, kind: SpanKind) -> (SpanContext, Option<Recording>) {
+    let ids = RandomIdGenerator::default();
+    let span = parent.span();
+    let remote = span.span_context();
+    let trace_id = if remote.is_valid() {
+        remote.trace_id()
+    } else {
+        ids.new_trace_id()
+    };
+    let Some(exporting) = exporting() else {
+        let sc = SpanContext::new(
+            trace_id,
+            ids.new_span_id(),
+            remote.trace_flags(),
+            false,
+            remote.trace_state().clone(),
+        );
+        return (sc, None);
+    };
+    let result = exporting
+        .sampler
+        .should_sample(Some(parent), trace_id, name, &kind, &[], &[]);
+    let sampled = result.decision == SamplingDecision::RecordAndSample;
+    let flags = if sampled {
+        remote.trace_flags().with_sampled(true)
+    } else {
+        TraceFlags::default()
+    };
+    let sc = SpanContext::new(
+        trace_id,
+        ids.new_span_id(),
+        flags,
+        false,
+        result.trace_state,
+    );
+    let recording = sampled.then(|| Recording {
+        name,
+        parent: if remote.is_valid() {
+            remote.span_id()
+        } else {
+            SpanId::INVALID
+        },
+        parent_is_remote: remote.is_valid() && remote.is_remote(),
+        start: SystemTime::now(),
+        sampler_attributes: result.attributes,
+    });
+    (sc, recording)
+}
+
+/// Ends a recording: encodes the span into the export queue.
+fn finish(
+    recording: &Recording,
+    context: &SpanContext,
+    kind: SpanKind,
+    attributes: impl FnOnce(&mut Attributes<'_>),
+    error: Option<&'static str>,
+) {
+    let Some(exporting) = exporting() else {
+        return;
+    };
+    let span = otlp::Recorded {
+        context,
+        parent: recording.parent,
+        parent_is_remote: recording.parent_is_remote,
+        name: recording.name,
+        kind,
+        start: recording.start,
+        end: SystemTime::now(),
+        error,
+    };
+    exporting.sink.send(&exporting.scope, |out| {
+        otlp::append_recorded(
+            &span,
+            |out| {
+                recording
+                    .sampler_attributes
+                    .iter()
+                    .for_each(|kv| out.key_value(kv));
+                attributes(out);
+            },
+            out,
+        );
+    });
 }
 
 /// The trace context of one call.
 pub struct CallSpan {
     cx: Context,
-    recording: bool,
+    recording: Option<Recording>,
 }
 
 impl CallSpan {
@@ -62,57 +173,21 @@ impl CallSpan {
     pub fn none() -> Self {
         Self {
             cx: Context::new(),
-            recording: false,
+            recording: None,
         }
     }
 
     /// Starts the SERVER span of a call named `name`, continuing the W3C
     /// `traceparent` in `headers` if there is one.
-    pub fn start(
-        name: &'static str,
-        headers: &HeaderMap,
-        attributes: impl FnOnce() -> Vec<KeyValue>,
-    ) -> Self {
+    pub fn start(name: &'static str, headers: &HeaderMap) -> Self {
         // The base is an empty context, not the current one: a call never
         // inherits whatever context the polling thread happens to hold.
         let parent = TraceContextPropagator::new()
             .extract_with_context(&Context::new(), &HeaderExtractor(headers));
-        match exporting() {
-            Some(tracer) => {
-                let builder = SpanBuilder::from_name(name).with_kind(SpanKind::Server);
-                let mut span = tracer.build_with_context(builder, &parent);
-                let recording = span.is_recording();
-                if recording {
-                    // Built only for spans that will be exported.
-                    span.set_attributes(attributes());
-                }
-                Self {
-                    cx: parent.with_span(span),
-                    recording,
-                }
-            }
-            None => {
-                let ids = RandomIdGenerator::default();
-                let remote = parent.span().span_context().clone();
-                let (trace_id, flags, state) = if remote.is_valid() {
-                    (
-                        remote.trace_id(),
-                        remote.trace_flags(),
-                        remote.trace_state().clone(),
-                    )
-                } else {
-                    (
-                        ids.new_trace_id(),
-                        TraceFlags::default(),
-                        Default::default(),
-                    )
-                };
-                let sc = SpanContext::new(trace_id, ids.new_span_id(), flags, false, state);
-                Self {
-                    cx: parent.with_remote_span_context(sc),
-                    recording: false,
-                }
-            }
+        let (sc, recording) = begin(&parent, name, SpanKind::Server);
+        Self {
+            cx: parent.with_remote_span_context(sc),
+            recording,
         }
     }
 
@@ -122,64 +197,69 @@ impl CallSpan {
     }
 
     pub fn is_recording(&self) -> bool {
-        self.recording
+        self.recording.is_some()
     }
 
-    /// Ends the span with its final attributes; `error` sets status ERROR.
-    pub fn end(&self, attributes: impl FnOnce() -> Vec<KeyValue>, error: Option<&'static str>) {
-        if !self.recording {
-            return;
+    /// Ends the span with the attributes `attributes` writes (called only
+    /// when it is recorded); `error` sets status ERROR.
+    pub fn end(&self, attributes: impl FnOnce(&mut Attributes<'_>), error: Option<&'static str>) {
+        if let Some(recording) = &self.recording {
+            let span = self.cx.span();
+            finish(
+                recording,
+                span.span_context(),
+                SpanKind::Server,
+                attributes,
+                error,
+            );
         }
-        let span = self.cx.span();
-        span.set_attributes(attributes());
-        if let Some(description) = error {
-            span.set_status(Status::error(description));
-        }
-        span.end();
-    }
-}
-
-/// The peer attributes of the semantic conventions.
-pub fn peer_attributes(peer: Option<SocketAddr>, out: &mut Vec<KeyValue>) {
-    if let Some(peer) = peer {
-        out.push(KeyValue::new("network.peer.address", peer.ip().to_string()));
-        out.push(KeyValue::new("network.peer.port", i64::from(peer.port())));
     }
 }
 
 /// An INTERNAL span for work inside the current call (a store operation),
 /// recorded only when the call is sampled and spans are exported. Ends
-/// when dropped.
-pub struct ChildSpan(Option<opentelemetry_sdk::trace::Span>);
+/// when dropped. Its attributes are `N` static pairs, held inline.
+pub struct ChildSpan<const N: usize> {
+    recorded: Option<(SpanContext, Recording)>,
+    attributes: [(&'static str, &'static str); N],
+    error: Option<&'static str>,
+}
 
-impl ChildSpan {
-    pub fn start(name: &'static str, attributes: impl FnOnce() -> Vec<KeyValue>) -> Self {
-        let Some(tracer) = exporting() else {
-            return Self(None);
-        };
-        Context::map_current(|cx| {
-            if !cx.span().span_context().is_sampled() {
-                return Self(None);
-            }
-            let builder = SpanBuilder::from_name(name)
-                .with_kind(SpanKind::Internal)
-                .with_attributes(attributes());
-            Self(Some(tracer.build_with_context(builder, cx)))
-        })
+impl<const N: usize> ChildSpan<N> {
+    pub fn start(name: &'static str, attributes: [(&'static str, &'static str); N]) -> Self {
+        let recorded = exporting().and_then(|_| {
+            Context::map_current(|cx| {
+                if !cx.span().span_context().is_sampled() {
+                    return None;
+                }
+                let (sc, recording) = begin(cx, name, SpanKind::Internal);
+                recording.map(|recording| (sc, recording))
+            })
+        });
+        Self {
+            recorded,
+            attributes,
+            error: None,
+        }
     }
 
     /// Marks the span as failed.
     pub fn set_error(&mut self, description: &'static str) {
-        if let Some(span) = &mut self.0 {
-            span.set_status(Status::error(description));
-        }
+        self.error = Some(description);
     }
 }
 
-impl Drop for ChildSpan {
+impl<const N: usize> Drop for ChildSpan<N> {
     fn drop(&mut self) {
-        if let Some(span) = &mut self.0 {
-            span.end();
+        if let Some((sc, recording)) = &self.recorded {
+            let attributes = &self.attributes;
+            finish(
+                recording,
+                sc,
+                SpanKind::Internal,
+                |out| attributes.iter().for_each(|(k, v)| out.str(k, v)),
+                self.error,
+            );
         }
     }
 }
@@ -220,7 +300,7 @@ mod tests {
                 .parse()
                 .unwrap(),
         );
-        let call = CallSpan::start("x", &headers, Vec::new);
+        let call = CallSpan::start("x", &headers);
         let span = call.context().span();
         let sc = span.span_context();
         assert_eq!(
@@ -230,7 +310,7 @@ mod tests {
         assert_ne!(sc.span_id().to_string(), "00f067aa0ba902b7", "its own span");
         assert!(!sc.is_remote());
 
-        let fresh = CallSpan::start("x", &HeaderMap::new(), Vec::new);
+        let fresh = CallSpan::start("x", &HeaderMap::new());
         assert!(fresh.context().span().span_context().is_valid());
         assert!(!fresh.is_recording());
         let _guard = fresh.context().clone().attach();

@@ -20,7 +20,6 @@ use std::{
 
 use http::{HeaderMap, Request, Response};
 use metrics::{Counter, Histogram};
-use opentelemetry::KeyValue;
 use tonic::{body::Body, Code, Status};
 use tower::{Layer, Service};
 use tracing::Level;
@@ -314,17 +313,7 @@ impl Call {
             .and_then(|i| i.remote_addr());
         let method = state.method;
         let span = if state.traced {
-            CallSpan::start(method.full_name, req.headers(), || {
-                let mut attributes = vec![
-                    KeyValue::new("rpc.system", "grpc"),
-                    KeyValue::new("rpc.service", method.service),
-                    KeyValue::new("rpc.method", method.method),
-                    // Newer semantic conventions, beside the established names.
-                    KeyValue::new("rpc.system.name", "grpc"),
-                ];
-                crate::telemetry::trace::peer_attributes(peer, &mut attributes);
-                attributes
-            })
+            CallSpan::start(method.full_name, req.headers())
         } else {
             CallSpan::none()
         };
@@ -359,12 +348,20 @@ impl Call {
         state.handling.record(elapsed.as_secs_f64());
 
         let row = codes::info(code);
+        let (method, peer) = (state.method, self.peer);
         self.span.end(
-            || {
-                vec![
-                    KeyValue::new("rpc.grpc.status_code", code as i64),
-                    KeyValue::new("rpc.response.status_code", row.name),
-                ]
+            |span| {
+                span.str("rpc.system", "grpc");
+                span.str("rpc.service", method.service);
+                span.str("rpc.method", method.method);
+                // Newer semantic conventions, beside the established names.
+                span.str("rpc.system.name", "grpc");
+                if let Some(peer) = peer {
+                    span.display("network.peer.address", peer.ip());
+                    span.int("network.peer.port", i64::from(peer.port()));
+                }
+                span.int("rpc.grpc.status_code", code as i64);
+                span.str("rpc.response.status_code", row.name);
             },
             row.server_error.then_some(row.go_name),
         );
