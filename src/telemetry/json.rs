@@ -110,10 +110,18 @@ impl Fields<'_, '_> {
                 .and_then(|()| write_str(self.out, span));
         }
         if let (Ok(()), Some((trace_id, span_id))) = (&self.result, ids) {
-            self.result = write!(
-                self.out,
-                ",\"trace_id\":\"{trace_id}\",\"span_id\":\"{span_id}\""
-            );
+            let mut trace_hex = [0u8; 32];
+            let mut span_hex = [0u8; 16];
+            self.result = self
+                .out
+                .write_str(",\"trace_id\":\"")
+                .and_then(|()| {
+                    self.out
+                        .write_str(hex(&trace_id.to_bytes(), &mut trace_hex))
+                })
+                .and_then(|()| self.out.write_str("\",\"span_id\":\""))
+                .and_then(|()| self.out.write_str(hex(&span_id.to_bytes(), &mut span_hex)))
+                .and_then(|()| self.out.write_char('"'));
         }
     }
 
@@ -189,6 +197,18 @@ impl Visit for Fields<'_, '_> {
             self.result = write_escaped(self.out, format_args!("{value}"));
         }
     }
+}
+
+/// `bytes` as lower-case hex in `out` (twice its length), as the ids'
+/// `Display` writes them, without formatting machinery per digit.
+fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0xf)];
+    }
+    // Only ASCII digits were written.
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 /// `s` as a JSON string.
@@ -287,7 +307,7 @@ mod tests {
         sync::{Arc, Mutex},
     };
 
-    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
     use serde_json::Value;
     use tracing_subscriber::{fmt::MakeWriter, prelude::*};
 
@@ -377,8 +397,17 @@ mod tests {
             let _guard = call.context().clone().attach();
             tracing::info!("in a call");
         }));
-        assert_eq!(lines[0]["trace_id"].as_str().unwrap().len(), 32);
+        let sc = call.context().span().span_context().clone();
+        assert_eq!(lines[0]["trace_id"], sc.trace_id().to_string());
+        assert_eq!(lines[0]["span_id"], sc.span_id().to_string());
         assert!(lines[0].get("span").is_none());
+    }
+
+    #[test]
+    fn ids_are_written_as_their_display_writes_them() {
+        let id = opentelemetry::TraceId::from(0x0102_0304_0506_0708_090a_0b0c_0d0e_0fa0_u128);
+        let mut out = [0u8; 32];
+        assert_eq!(hex(&id.to_bytes(), &mut out), id.to_string());
     }
 
     #[test]

@@ -295,19 +295,24 @@ fn scalar(out: &mut Vec<u8>, tag: u32, wire_type: WireType, value: u64) {
     }
 }
 
-/// A length-delimited field whose body `body` writes: the body is written
-/// in place and its length inserted before it (bodies are small, so the
-/// shift costs less than measuring everything twice).
+/// A length-delimited field whose body `body` writes. The body is written
+/// in place after a one-byte length, which almost every body here fits
+/// (under 128 bytes); a longer one is moved up to make room for its
+/// length, which costs less than measuring every body before writing it.
 fn message(out: &mut Vec<u8>, tag: u32, body: impl FnOnce(&mut Vec<u8>)) {
     encode_key(tag, WireType::LengthDelimited, out);
-    let start = out.len();
+    let at = out.len();
+    out.push(0);
     body(out);
-    let len = out.len() - start;
-    let mut prefix = [0u8; 10];
-    let mut cursor = &mut prefix[..];
-    encode_varint(len as u64, &mut cursor);
-    let written = 10 - cursor.len();
-    out.splice(start..start, prefix[..written].iter().copied());
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+        return;
+    }
+    let prefix = encoded_len_varint(len as u64);
+    out.resize(out.len() + prefix - 1, 0);
+    out.copy_within(at + 1..at + 1 + len, at + prefix);
+    encode_varint(len as u64, &mut &mut out[at..at + prefix]);
 }
 
 fn header(out: &mut Vec<u8>, tag: u32, len: usize) {
