@@ -462,6 +462,9 @@ type Received = Arc<Mutex<Vec<(Vec<KeyValue>, Span)>>>;
 struct Collector {
     spans: Received,
     delay: Duration,
+    /// An `api-key` header every export must carry, as hosted collectors
+    /// ask.
+    api_key: Option<&'static str>,
 }
 
 #[tonic::async_trait]
@@ -471,6 +474,11 @@ impl TraceService for Collector {
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
         tokio::time::sleep(self.delay).await;
+        if let Some(key) = self.api_key {
+            if request.metadata().get("api-key").is_none_or(|v| v != key) {
+                return Err(tonic::Status::unauthenticated("api-key"));
+            }
+        }
         let mut spans = self.spans.lock().unwrap();
         for rs in request.into_inner().resource_spans {
             let resource = rs.resource.map(|r| r.attributes).unwrap_or_default();
@@ -492,12 +500,16 @@ async fn start_collector() -> (SocketAddr, Received) {
 }
 
 async fn start_slow_collector(delay: Duration) -> (SocketAddr, Received) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let collector = Collector {
+    serve_collector(Collector {
         delay,
         ..Collector::default()
-    };
+    })
+    .await
+}
+
+async fn serve_collector(collector: Collector) -> (SocketAddr, Received) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
     let spans = Arc::clone(&collector.spans);
     tokio::spawn(
         tonic::transport::Server::builder()
@@ -822,4 +834,65 @@ async fn spans_the_export_queue_drops_are_counted() {
         dropped > ended / 2.0,
         "ended {ended}, exported {exported} then {exported_later}: the queue of 4 should have dropped most"
     );
+}
+
+#[tokio::test]
+async fn export_headers_from_the_environment_reach_the_collector_and_never_the_log() {
+    let (collector, received) = serve_collector(Collector {
+        api_key: Some("s=cret"),
+        ..Collector::default()
+    })
+    .await;
+    let endpoint = format!("http://{collector}");
+    // Percent-encoded, as OTEL_EXPORTER_OTLP_HEADERS values are.
+    let binary = start_binary_with(
+        &endpoint,
+        &[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret")],
+    )
+    .await;
+    let mut client = UserServiceClient::new(connect(binary.grpc_addr).await);
+    client.create_user(create_request("keyed")).await.unwrap();
+    let (ended, exported, failed) =
+        span_counts_until(binary.admin_addr, |(_, exported, _)| exported >= 2.0).await;
+    assert_eq!((exported, failed), (ended, 0.0));
+    assert!(!received.lock().unwrap().is_empty());
+
+    // The wrong key: the collector refuses, the spans count as failed, and
+    // the warning says so without the key.
+    let wrong = start_binary_with(
+        &endpoint,
+        &[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=wr0ng-k3y")],
+    )
+    .await;
+    let mut client = UserServiceClient::new(connect(wrong.grpc_addr).await);
+    client.create_user(create_request("unkeyed")).await.unwrap();
+    span_counts_until(wrong.admin_addr, |(_, _, failed)| failed >= 2.0).await;
+    // The warning follows the count; the log writer may lag a little.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !wrong
+        .log_lines()
+        .iter()
+        .any(|l| l.contains("cannot export spans"))
+    {
+        assert!(Instant::now() < deadline, "{:?}", wrong.log_lines());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let lines = wrong.log_lines();
+    assert!(!lines.iter().any(|l| l.contains("wr0ng-k3y")), "{lines:?}");
+
+    // A malformed list turns export off, and the warning names the key,
+    // not its value.
+    let bad = start_binary_with(
+        &endpoint,
+        &[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%ZZcr3t")],
+    )
+    .await;
+    let lines = bad.log_lines();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cannot build the OTLP trace exporter") && l.contains("api-key")),
+        "{lines:?}"
+    );
+    assert!(!lines.iter().any(|l| l.contains("cr3t")), "{lines:?}");
 }
