@@ -225,7 +225,7 @@ struct Queue {
 #[derive(Default)]
 struct State {
     /// The provider's resource, encoded (set once, at build).
-    resource: Vec<u8>,
+    resource: Arc<Vec<u8>>,
     open: Batch,
     full: VecDeque<Batch>,
     /// Spans in `open` and `full`.
@@ -256,11 +256,11 @@ impl Queue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Adds one encoded span; false if the queue is full or closed.
-    fn push(&self, scope: &InstrumentationScope, span: &[u8]) -> bool {
+    /// Adds one encoded span, unless the queue is full or closed.
+    fn push(&self, scope: &InstrumentationScope, span: &[u8]) {
         let mut state = self.lock();
         if state.closed || state.queued >= self.max_queue {
-            return false;
+            return;
         }
         let open = &mut state.open;
         let group = match open.scopes.iter().position(|g| g.scope == *scope) {
@@ -284,12 +284,12 @@ impl Queue {
             drop(state);
             self.wake.notify_one();
         }
-        true
     }
 
-    /// The next batch to send: a full one, else (on the timer, a flush or
-    /// at close) the open one if it has spans.
-    fn take(&self, timer: bool) -> Option<(Vec<u8>, usize)> {
+    /// The next batch to send, with the resource it is sent under: a full
+    /// one, else (on the timer, a flush or at close) the open one if it has
+    /// spans. The request is built by the caller, outside the lock.
+    fn take(&self, timer: bool) -> Option<(Arc<Vec<u8>>, Batch)> {
         let mut state = self.lock();
         let batch = match state.full.pop_front() {
             Some(batch) => batch,
@@ -302,14 +302,7 @@ impl Queue {
             }
         };
         state.queued -= batch.spans;
-        let request = otlp::export_request(
-            &state.resource,
-            batch
-                .scopes
-                .iter()
-                .map(|g| (&g.encoded_scope[..], &g.spans[..])),
-        );
-        Some((request, batch.spans))
+        Some((Arc::clone(&state.resource), batch))
     }
 
     fn is_closed(&self) -> bool {
@@ -327,7 +320,7 @@ pub struct SpanSink {
 impl SpanSink {
     /// Queues one span of `scope` that `encode` writes with
     /// [`otlp::append_span`] or [`otlp::append_recorded`]; a full queue
-    /// drops it (the counters show it).
+    /// drops it (the counters show it: ended, never exported).
     pub fn send(&self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
         ENDED.fetch_add(1, Ordering::Relaxed);
         SCRATCH.with_borrow_mut(|scratch| {
@@ -386,7 +379,7 @@ impl SpanProcessor for QueueProcessor {
     }
 
     fn set_resource(&mut self, resource: &Resource) {
-        self.sink.queue.lock().resource = otlp::encode_resource(resource);
+        self.sink.queue.lock().resource = Arc::new(otlp::encode_resource(resource));
     }
 }
 
@@ -432,8 +425,15 @@ impl Exporter {
                 _ = timer.tick() => true,
                 () = self.queue.wake.notified() => false,
             };
-            while let Some((request, spans)) = self.queue.take(timer_fired) {
-                self.send(request, spans).await;
+            while let Some((resource, batch)) = self.queue.take(timer_fired) {
+                let request = otlp::export_request(
+                    &resource,
+                    batch
+                        .scopes
+                        .iter()
+                        .map(|g| (&g.encoded_scope[..], &g.spans[..])),
+                );
+                self.send(request, batch.spans).await;
             }
             if self.queue.is_closed() {
                 // Anything pushed after the last take was refused (closed).

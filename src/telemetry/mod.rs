@@ -3,10 +3,12 @@
 //!
 //! - Logs: `tracing-subscriber`, text for terminals or JSON lines carrying
 //!   the OpenTelemetry trace and span ids ([`json`]).
-//! - Traces: an OpenTelemetry tracer provider. The per-call SERVER span and
-//!   the store spans are made with it directly ([`trace`]); other `tracing`
-//!   spans of this crate reach it through `tracing-opentelemetry` (never
-//!   h2, hyper, tower or tonic internals). With no OTLP endpoint configured
+//! - Traces: the per-call SERVER span and the store spans are recorded by
+//!   [`trace`] itself, with the SDK's sampler and ids; other `tracing` spans
+//!   of this crate reach the SDK's tracer provider through
+//!   `tracing-opentelemetry` (never h2, hyper, tower or tonic internals).
+//!   Both end up in one bounded queue of OTLP-encoded spans ([`export`])
+//!   that a task sends to the collector. With no OTLP endpoint configured
 //!   nothing is recorded, but calls still get trace ids so logs correlate.
 //! - Metrics: the process-wide Prometheus recorder ([`metrics`]) and the
 //!   process metrics read at scrape time ([`process`]).
