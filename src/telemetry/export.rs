@@ -407,6 +407,13 @@ impl ExportTask {
     }
 }
 
+/// Exports in flight at once. One at a time, the round trip bounds the
+/// throughput: a collector that takes 20 ms to answer (or a busy core that
+/// takes that long to get to its answer) would cap export at 512 spans per
+/// 20 ms while the queue overflowed. Four keep up with several times that,
+/// for at most four batches' memory.
+const MAX_IN_FLIGHT: usize = 4;
+
 struct Exporter {
     queue: Arc<Queue>,
     grpc: tonic::client::Grpc<Channel>,
@@ -420,12 +427,16 @@ impl Exporter {
         let mut timer = tokio::time::interval(self.config.delay);
         timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         timer.tick().await;
+        let mut in_flight = tokio::task::JoinSet::new();
+        // The open (partial) batch is due: the timer fired since it was
+        // last sent.
+        let mut due = false;
         loop {
-            let timer_fired = tokio::select! {
-                _ = timer.tick() => true,
-                () = self.queue.wake.notified() => false,
-            };
-            while let Some((resource, batch)) = self.queue.take(timer_fired) {
+            while in_flight.len() < MAX_IN_FLIGHT {
+                let Some((resource, batch)) = self.queue.take(due) else {
+                    due = false;
+                    break;
+                };
                 let request = otlp::export_request(
                     &resource,
                     batch
@@ -433,33 +444,34 @@ impl Exporter {
                         .iter()
                         .map(|g| (&g.encoded_scope[..], &g.spans[..])),
                 );
-                self.send(request, batch.spans).await;
+                in_flight.spawn(send(
+                    self.grpc.clone(),
+                    request,
+                    self.config.headers.clone(),
+                    self.config.timeout,
+                    batch.spans,
+                ));
             }
-            if self.queue.is_closed() {
-                // Anything pushed after the last take was refused (closed).
+            if in_flight.is_empty() && self.queue.is_closed() {
+                // Everything taken was sent; anything pushed after the
+                // last take was refused (closed).
                 return;
+            }
+            tokio::select! {
+                _ = timer.tick() => due = true,
+                () = self.queue.wake.notified() => {}
+                Some(done) = in_flight.join_next(), if !in_flight.is_empty() => {
+                    // A send task cannot panic; if one did, its spans count
+                    // as neither exported nor failed (lost).
+                    if let Ok((spans, result)) = done {
+                        self.record(spans, result);
+                    }
+                }
             }
         }
     }
 
-    async fn send(&mut self, request: Vec<u8>, spans: usize) {
-        let mut call = tonic::Request::new(Encoded(request));
-        *call.metadata_mut() = self.config.headers.clone();
-        call.set_timeout(self.config.timeout);
-        let grpc = &mut self.grpc;
-        let result = tokio::time::timeout(self.config.timeout, async {
-            grpc.ready()
-                .await
-                .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
-            grpc.unary(
-                call,
-                PathAndQuery::from_static(EXPORT_PATH),
-                tonic_prost::ProstCodec::<Encoded, ()>::default(),
-            )
-            .await
-        })
-        .await
-        .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("export timed out")));
+    fn record(&mut self, spans: usize, result: Result<(), tonic::Status>) {
         let counter = if result.is_ok() { &EXPORTED } else { &FAILED };
         counter.fetch_add(spans as u64, Ordering::Relaxed);
         if let Err(status) = result {
@@ -473,6 +485,34 @@ impl Exporter {
             }
         }
     }
+}
+
+/// One `Export` call of `spans` spans, bounded by `timeout` (connecting
+/// included).
+async fn send(
+    mut grpc: tonic::client::Grpc<Channel>,
+    request: Vec<u8>,
+    headers: MetadataMap,
+    timeout: Duration,
+    spans: usize,
+) -> (usize, Result<(), tonic::Status>) {
+    let mut call = tonic::Request::new(Encoded(request));
+    *call.metadata_mut() = headers;
+    call.set_timeout(timeout);
+    let result = tokio::time::timeout(timeout, async {
+        grpc.ready()
+            .await
+            .map_err(|err| tonic::Status::unavailable(err.to_string()))?;
+        grpc.unary(
+            call,
+            PathAndQuery::from_static(EXPORT_PATH),
+            tonic_prost::ProstCodec::<Encoded, ()>::default(),
+        )
+        .await
+    })
+    .await
+    .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("export timed out")));
+    (spans, result.map(|_| ()))
 }
 
 /// An already-encoded request, handed to tonic as a message.
