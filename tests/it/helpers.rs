@@ -401,12 +401,13 @@ pub async fn start_child(env: &[(&str, &str)]) -> ChildApp {
         let mut serving_tx = Some(serving_tx);
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { break };
-            if serving_tx.is_some() {
-                if let Some(addrs) = serving_addrs(&line) {
-                    let _ = serving_tx.take().unwrap().send(addrs);
-                }
-            }
+            let serving = serving_tx.is_some().then(|| serving_addrs(&line)).flatten();
+            // The line is kept before the test hears it is serving, so a
+            // test that then reads the log finds the `serving` line.
             sink.lock().unwrap().push(line);
+            if let Some(addrs) = serving {
+                let _ = serving_tx.take().unwrap().send(addrs);
+            }
         }
     });
     let sink = Arc::clone(&stderr_lines);
