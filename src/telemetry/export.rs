@@ -1,5 +1,6 @@
 //! Getting finished spans to the OTLP collector: a bounded batch queue of
-//! already-encoded spans and one task that sends them over OTLP/gRPC.
+//! already-encoded spans and one task that sends them over OTLP/gRPC (up
+//! to four exports in flight).
 //!
 //! This replaces the SDK's batch processor and the OTLP exporter crate on
 //! the hot path. Those move every `SpanData` (several hundred bytes) through
