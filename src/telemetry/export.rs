@@ -97,7 +97,7 @@ impl ExportConfig {
                 "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
                 "OTEL_EXPORTER_OTLP_TIMEOUT",
             ])
-            .and_then(|v| v.trim().parse().ok())
+            .and_then(|v| v.parse().ok())
             .unwrap_or(10_000),
         );
         let headers = match env_first(&[
@@ -117,15 +117,19 @@ impl ExportConfig {
     }
 }
 
-fn env_first(names: &[&str]) -> Option<String> {
-    names
-        .iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.trim().is_empty()))
+/// The first of `names` set to something other than blanks, trimmed.
+pub(super) fn env_first(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|name| {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    })
 }
 
 fn env_number(name: &str, default: usize) -> usize {
     env_first(&[name])
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(|v| v.parse().ok())
         .unwrap_or(default)
 }
 
@@ -309,6 +313,13 @@ impl Queue {
     fn is_closed(&self) -> bool {
         self.lock().closed
     }
+
+    /// Refuses new spans from now on and wakes the export task to send the
+    /// rest.
+    fn close(&self) {
+        self.lock().closed = true;
+        self.wake.notify_one();
+    }
 }
 
 /// Where finished, sampled spans are queued for export: the SDK's (through
@@ -373,9 +384,7 @@ impl SpanProcessor for QueueProcessor {
 
     /// Stops accepting spans; [`ExportTask::finish`] sends the rest.
     fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        let queue = &self.sink.queue;
-        queue.lock().closed = true;
-        queue.wake.notify_one();
+        self.sink.queue.close();
         Ok(())
     }
 
@@ -394,8 +403,7 @@ impl ExportTask {
     /// Closes the queue, sends what is in it and stops, within `budget`
     /// (what is left after it is dropped, and the warning says so).
     pub async fn finish(self, budget: Duration) {
-        self.queue.lock().closed = true;
-        self.queue.wake.notify_one();
+        self.queue.close();
         let abort = self.handle.abort_handle();
         match tokio::time::timeout(budget, self.handle).await {
             Ok(Ok(())) => {}

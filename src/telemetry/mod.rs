@@ -79,8 +79,8 @@ pub fn log_filter(level: &str) -> Result<EnvFilter, tracing_subscriber::filter::
 
 /// Installs the global subscriber and the tracer provider.
 ///
-/// Must run inside the Tokio runtime (the OTLP client spawns its connection
-/// task there). Never blocks on, or fails because of, the collector.
+/// Must run inside the Tokio runtime (the span export task and its OTLP
+/// client's connection run there). Never blocks on, or fails because of, the collector.
 pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
     let (provider, export, exporter_error) = tracer_provider(telemetry);
 
@@ -191,17 +191,10 @@ fn tracer_provider(
     // The setting wins over the environment, the traces-only variable over
     // the general one.
     let endpoint = configured.map(str::to_owned).or_else(|| {
-        [
+        export::env_first(&[
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "OTEL_EXPORTER_OTLP_ENDPOINT",
-        ]
-        .iter()
-        .find_map(|var| {
-            std::env::var(var)
-                .ok()
-                .map(|v| v.trim().to_owned())
-                .filter(|v| !v.is_empty())
-        })
+        ])
     });
     let mut error = None;
     let mut task = None;

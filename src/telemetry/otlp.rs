@@ -128,34 +128,33 @@ pub struct Attributes<'a>(&'a mut Vec<u8>);
 
 impl Attributes<'_> {
     pub fn str(&mut self, key: &str, value: &str) {
-        message(self.0, 9, |out| {
-            string(out, 1, key);
-            message(out, 2, |out| bytes(out, 1, value.as_bytes()));
-        });
+        self.attribute(key, |out| bytes(out, 1, value.as_bytes()));
     }
 
     pub fn int(&mut self, key: &str, value: i64) {
-        message(self.0, 9, |out| {
-            string(out, 1, key);
-            message(out, 2, |out| scalar(out, 3, WireType::Varint, value as u64));
-        });
+        self.attribute(key, |out| scalar(out, 3, WireType::Varint, value as u64));
     }
 
     /// A string value formatted in place (an address, without a `String`).
     pub fn display(&mut self, key: &str, value: impl std::fmt::Display) {
-        message(self.0, 9, |out| {
-            string(out, 1, key);
-            message(out, 2, |out| {
-                message(out, 1, |out| {
-                    // Writing into a Vec cannot fail.
-                    let _ = write!(out, "{value}");
-                });
+        self.attribute(key, |out| {
+            message(out, 1, |out| {
+                // Writing into a Vec cannot fail.
+                let _ = write!(out, "{value}");
             });
         });
     }
 
     pub fn key_value(&mut self, kv: &KeyValue) {
-        message(self.0, 9, |out| key_value(kv.key.as_str(), &kv.value, out));
+        self.attribute(kv.key.as_str(), |out| any_value(&kv.value, out));
+    }
+
+    /// One `KeyValue` whose `AnyValue` body `value` writes.
+    fn attribute(&mut self, key: &str, value: impl FnOnce(&mut Vec<u8>)) {
+        message(self.0, 9, |out| {
+            string(out, 1, key);
+            message(out, 2, value);
+        });
     }
 }
 

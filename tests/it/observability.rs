@@ -844,14 +844,19 @@ async fn export_headers_from_the_environment_reach_the_collector_and_never_the_l
     })
     .await;
     let endpoint = format!("http://{collector}");
+    // The binary with these export headers, after one CreateUser (two spans).
+    let created_with = |headers: &'static str, name: &'static str| {
+        let endpoint = endpoint.clone();
+        async move {
+            let binary =
+                start_binary_with(&endpoint, &[("OTEL_EXPORTER_OTLP_HEADERS", headers)]).await;
+            let mut client = UserServiceClient::new(connect(binary.grpc_addr).await);
+            client.create_user(create_request(name)).await.unwrap();
+            binary
+        }
+    };
     // Percent-encoded, as OTEL_EXPORTER_OTLP_HEADERS values are.
-    let binary = start_binary_with(
-        &endpoint,
-        &[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s%3Dcret")],
-    )
-    .await;
-    let mut client = UserServiceClient::new(connect(binary.grpc_addr).await);
-    client.create_user(create_request("keyed")).await.unwrap();
+    let binary = created_with("api-key=s%3Dcret", "keyed").await;
     let (ended, exported, failed) =
         span_counts_until(binary.admin_addr, |(_, exported, _)| exported >= 2.0).await;
     assert_eq!((exported, failed), (ended, 0.0));
@@ -859,13 +864,7 @@ async fn export_headers_from_the_environment_reach_the_collector_and_never_the_l
 
     // The wrong key: the collector refuses, the spans count as failed, and
     // the warning says so without the key.
-    let wrong = start_binary_with(
-        &endpoint,
-        &[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=wr0ng-k3y")],
-    )
-    .await;
-    let mut client = UserServiceClient::new(connect(wrong.grpc_addr).await);
-    client.create_user(create_request("unkeyed")).await.unwrap();
+    let wrong = created_with("api-key=wr0ng-k3y", "unkeyed").await;
     span_counts_until(wrong.admin_addr, |(_, _, failed)| failed >= 2.0).await;
     // The warning follows the count; the log writer may lag a little.
     let deadline = Instant::now() + Duration::from_secs(10);
