@@ -59,34 +59,70 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        writer.write_str("{\"timestamp\":\"")?;
-        write_timestamp(&mut writer, SystemTime::now())?;
-        let meta = event.metadata();
-        write!(writer, "\",\"level\":\"{}\",\"target\":", meta.level())?;
-        write_str(&mut writer, meta.target())?;
-
-        let span = ctx.lookup_current().map(|span| span.name());
-        // One pass over the fields. `tracing`'s macros put `message` first,
-        // and readers of raw lines want it first, so the span and trace ids
-        // go right after it (or first, for an event without a message).
-        let mut fields = Fields {
-            out: &mut writer,
-            context: Some((span, super::trace::current_ids())),
-            result: Ok(()),
-        };
-        event.record(&mut fields);
-        fields.write_context();
-        fields.result?;
-        writer.write_str("}\n")
+        thread_local! {
+            static LINE: RefCell<String> = const { RefCell::new(String::new()) };
+        }
+        // The line is built in a buffer of our own and handed over in one
+        // piece: `Writer` reaches its buffer through `dyn fmt::Write`, and
+        // a line is some seventy small writes, each a virtual call there
+        // but an inlined `push_str` here. A field whose `Debug` logs (so
+        // re-enters this function) gets a fresh buffer.
+        LINE.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut line) => {
+                line.clear();
+                format_line(&mut line, ctx, event)?;
+                writer.write_str(&line)
+            }
+            Err(_) => {
+                let mut line = String::new();
+                format_line(&mut line, ctx, event)?;
+                writer.write_str(&line)
+            }
+        })
     }
+}
+
+fn format_line<S, N>(
+    line: &mut String,
+    ctx: &FmtContext<'_, S, N>,
+    event: &Event<'_>,
+) -> fmt::Result
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    line.push_str("{\"timestamp\":\"");
+    write_timestamp(line, SystemTime::now())?;
+    let meta = event.metadata();
+    line.push_str("\",\"level\":\"");
+    line.push_str(meta.level().as_str());
+    line.push_str("\",\"target\":");
+    write_str(line, meta.target());
+
+    let span = ctx.lookup_current().map(|span| span.name());
+    // One pass over the fields. `tracing`'s macros put `message` first,
+    // and readers of raw lines want it first, so the span and trace ids
+    // go right after it (or first, for an event without a message).
+    let mut fields = Fields {
+        out: line,
+        context: Some((span, super::trace::current_ids())),
+        result: Ok(()),
+    };
+    event.record(&mut fields);
+    fields.write_context();
+    fields.result?;
+    line.push_str("}\n");
+    Ok(())
 }
 
 /// Writes every field as `,"key":value`, and the line's context (span
 /// name, trace and span ids) once, after `message`.
-struct Fields<'a, 'w> {
-    out: &'a mut Writer<'w>,
+struct Fields<'a> {
+    out: &'a mut String,
     /// Not written yet.
     context: Option<LineContext>,
+    /// The first error of a field's `Debug` or `Display`, which ends the
+    /// line (as tracing-subscriber's own formatters do).
     result: fmt::Result,
 }
 
@@ -95,33 +131,23 @@ type LineContext = (
     Option<(opentelemetry::TraceId, opentelemetry::SpanId)>,
 );
 
-impl Fields<'_, '_> {
+impl Fields<'_> {
     fn write_context(&mut self) {
         let Some((span, ids)) = self.context.take() else {
             return;
         };
-        if self.result.is_err() {
-            return;
-        }
         if let Some(span) = span {
-            self.result = self
-                .out
-                .write_str(",\"span\":")
-                .and_then(|()| write_str(self.out, span));
+            self.out.push_str(",\"span\":");
+            write_str(self.out, span);
         }
-        if let (Ok(()), Some((trace_id, span_id))) = (&self.result, ids) {
+        if let Some((trace_id, span_id)) = ids {
             let mut trace_hex = [0u8; 32];
             let mut span_hex = [0u8; 16];
-            self.result = self
-                .out
-                .write_str(",\"trace_id\":\"")
-                .and_then(|()| {
-                    self.out
-                        .write_str(hex(&trace_id.to_bytes(), &mut trace_hex))
-                })
-                .and_then(|()| self.out.write_str("\",\"span_id\":\""))
-                .and_then(|()| self.out.write_str(hex(&span_id.to_bytes(), &mut span_hex)))
-                .and_then(|()| self.out.write_char('"'));
+            self.out.push_str(",\"trace_id\":\"");
+            self.out.push_str(hex(&trace_id.to_bytes(), &mut trace_hex));
+            self.out.push_str("\",\"span_id\":\"");
+            self.out.push_str(hex(&span_id.to_bytes(), &mut span_hex));
+            self.out.push('"');
         }
     }
 
@@ -136,20 +162,18 @@ impl Fields<'_, '_> {
         if !wanted || self.result.is_err() {
             return false;
         }
-        self.result = self
-            .out
-            .write_char(',')
-            .and_then(|()| write_str(self.out, name))
-            .and_then(|()| self.out.write_char(':'));
-        self.result.is_ok()
+        self.out.push(',');
+        write_str(self.out, name);
+        self.out.push(':');
+        true
     }
 
-    fn raw(&mut self, value: fmt::Arguments<'_>) {
+    fn formatted(&mut self, value: fmt::Arguments<'_>) {
         self.result = self.out.write_fmt(value);
     }
 }
 
-impl Visit for Fields<'_, '_> {
+impl Visit for Fields<'_> {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         if self.key(field) {
             self.result = write_escaped(self.out, format_args!("{value:?}"));
@@ -158,19 +182,22 @@ impl Visit for Fields<'_, '_> {
 
     fn record_str(&mut self, field: &Field, value: &str) {
         if self.key(field) {
-            self.result = write_str(self.out, value);
+            write_str(self.out, value);
         }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
         if self.key(field) {
-            self.raw(format_args!("{value}"));
+            if value < 0 {
+                self.out.push('-');
+            }
+            write_u64(self.out, value.unsigned_abs());
         }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
         if self.key(field) {
-            self.raw(format_args!("{value}"));
+            write_u64(self.out, value);
         }
     }
 
@@ -179,16 +206,16 @@ impl Visit for Fields<'_, '_> {
             if value.is_finite() {
                 // Debug keeps a decimal point (`2.0`), so the value stays
                 // a float for JSON readers.
-                self.raw(format_args!("{value:?}"));
+                self.formatted(format_args!("{value:?}"));
             } else {
-                self.raw(format_args!("null"));
+                self.out.push_str("null");
             }
         }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
         if self.key(field) {
-            self.raw(format_args!("{value}"));
+            self.out.push_str(if value { "true" } else { "false" });
         }
     }
 
@@ -211,56 +238,82 @@ fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     std::str::from_utf8(out).unwrap_or_default()
 }
 
+/// `value` in decimal, without formatting machinery.
+fn write_u64(out: &mut String, mut value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // `value % 10` < 10, so it fits the digit.
+        digits[at] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    // Only ASCII digits were written.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+}
+
 /// `s` as a JSON string.
-fn write_str(out: &mut impl fmt::Write, s: &str) -> fmt::Result {
-    out.write_char('"')?;
-    Escaper(out).write_str(s)?;
-    out.write_char('"')
+fn write_str(out: &mut String, s: &str) {
+    out.push('"');
+    escape_into(out, s);
+    out.push('"');
 }
 
 /// Formatted text as a JSON string, escaped on the fly.
-fn write_escaped(out: &mut impl fmt::Write, args: fmt::Arguments<'_>) -> fmt::Result {
-    out.write_char('"')?;
+fn write_escaped(out: &mut String, args: fmt::Arguments<'_>) -> fmt::Result {
+    out.push('"');
     Escaper(&mut *out).write_fmt(args)?;
-    out.write_char('"')
+    out.push('"');
+    Ok(())
 }
 
 /// Escapes what JSON strings may not contain raw.
-struct Escaper<'a, W: fmt::Write>(&'a mut W);
+struct Escaper<'a>(&'a mut String);
 
-impl<W: fmt::Write> fmt::Write for Escaper<'_, W> {
+impl fmt::Write for Escaper<'_> {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        // Only ASCII bytes ever need escaping, and a byte below 0x80 is
-        // always a character boundary, so scanning bytes is enough (and
-        // much cheaper than decoding characters).
-        let mut plain = 0;
-        for (i, &b) in s.as_bytes().iter().enumerate() {
-            let escape = match b {
-                b'"' => "\\\"",
-                b'\\' => "\\\\",
-                b'\n' => "\\n",
-                b'\r' => "\\r",
-                b'\t' => "\\t",
-                0..=0x1f => "",
-                _ => continue,
-            };
-            self.0.write_str(&s[plain..i])?;
-            if escape.is_empty() {
-                write!(self.0, "\\u{:04x}", b)?;
-            } else {
-                self.0.write_str(escape)?;
-            }
-            plain = i + 1;
-        }
-        self.0.write_str(&s[plain..])
+        escape_into(self.0, s);
+        Ok(())
     }
+}
+
+fn escape_into(out: &mut String, s: &str) {
+    // Only ASCII bytes ever need escaping, and a byte below 0x80 is
+    // always a character boundary, so scanning bytes is enough (and
+    // much cheaper than decoding characters).
+    let mut plain = 0;
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0..=0x1f => "",
+            _ => continue,
+        };
+        out.push_str(&s[plain..i]);
+        if escape.is_empty() {
+            const DIGITS: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(DIGITS[usize::from(b >> 4)]));
+            out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        plain = i + 1;
+    }
+    out.push_str(&s[plain..]);
 }
 
 /// RFC 3339 in UTC with microseconds (`2026-01-02T03:04:05.123456Z`), as
 /// tracing-subscriber's `SystemTime` writes it. Everything up to the
 /// seconds changes once a second, so each thread keeps that part
 /// formatted and writes only the microseconds per line.
-fn write_timestamp(out: &mut impl fmt::Write, now: SystemTime) -> fmt::Result {
+fn write_timestamp(out: &mut String, now: SystemTime) -> fmt::Result {
     thread_local! {
         /// (the second it is for, "YYYY-MM-DDTHH:MM:SS")
         static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
