@@ -15,6 +15,7 @@
 
 pub mod export;
 pub mod json;
+mod log_writer;
 pub mod metrics;
 mod otlp;
 pub mod process;
@@ -28,7 +29,6 @@ use opentelemetry_sdk::{
     trace::SdkTracerProvider,
     Resource,
 };
-use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::{filter::Targets, fmt, prelude::*, EnvFilter};
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
@@ -47,8 +47,9 @@ pub struct Telemetry {
     provider: SdkTracerProvider,
     /// Sends the queued spans; `None` without an OTLP endpoint.
     export: Option<export::ExportTask>,
-    /// Flushes the log writer's queue when dropped (last, after the spans).
-    _log_writer: Option<WorkerGuard>,
+    /// Writes the log lines still waiting when dropped (last, after the
+    /// spans).
+    _log_writer: Option<log_writer::Flusher>,
 }
 
 impl Telemetry {
@@ -102,7 +103,8 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
         .with_target(false)
         .with_tracked_inactivity(false)
         .with_filter(Targets::new().with_target("user_service", tracing::Level::INFO));
-    let (writer, guard) = log_writer();
+    let (writer, flusher) = log_writer::stdout();
+    let writer_handle = writer.clone();
     let registry = tracing_subscriber::registry().with(otel_layer);
     let result = match log.format {
         LogFormat::Text => registry
@@ -126,7 +128,10 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
     };
     // Already installed: tests may call this more than once per process;
     // the first subscriber and its writer stay.
-    let log_writer = result.is_ok().then_some(guard);
+    let log_writer = result.is_ok().then(|| {
+        let _ = LOG_WRITER.set(writer_handle);
+        flusher
+    });
     if let Some(err) = exporter_error {
         tracing::warn!(error = %err, "cannot build the OTLP trace exporter; traces are not exported");
     }
@@ -137,38 +142,12 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
     }
 }
 
-/// Lines waiting for the writer thread at most; past it new lines are
-/// dropped (and counted) rather than making calls wait for stdout. The
-/// queue's slots are allocated and touched up front (32 bytes a line), so
-/// this is idle memory too: 8192 lines cost 256 KiB (64k cost 2 MiB, a
-/// seventh of the idle RSS) and hold ~2 MB of JSON lines, about 130 ms of
-/// a stalled log pipe at 60k calls/s.
-const LOG_QUEUE_LINES: usize = 8 * 1024;
-
-static LOG_LINES_DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+static LOG_WRITER: OnceLock<log_writer::LogWriter> = OnceLock::new();
 
 /// Log lines dropped because stdout could not keep up
 /// (`user_service_log_lines_dropped_total`).
 pub fn log_lines_dropped() -> u64 {
-    LOG_LINES_DROPPED
-        .get()
-        .map_or(0, |counter| counter.dropped_lines() as u64)
-}
-
-/// Stdout, written by a thread of its own: a call formats its line into a
-/// queue and moves on; the thread writes whatever has queued up in one
-/// `write` (a buffered writer flushed when the queue is empty), so a burst
-/// of lines costs one syscall, not one each, and a slow log pipe never
-/// stalls a call.
-fn log_writer() -> (NonBlocking, WorkerGuard) {
-    let stdout = std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout());
-    let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(LOG_QUEUE_LINES)
-        .lossy(true)
-        .thread_name("log-writer")
-        .finish(stdout);
-    let _ = LOG_LINES_DROPPED.set(writer.error_counter());
-    (writer, guard)
+    LOG_WRITER.get().map_or(0, log_writer::LogWriter::dropped)
 }
 
 /// The tracer provider: exporting over OTLP/gRPC when an endpoint is

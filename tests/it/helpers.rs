@@ -349,6 +349,9 @@ pub struct ChildApp {
     /// as they come; the readers stop at the process's exit.
     stdout: Arc<std::sync::Mutex<Vec<String>>>,
     stderr: Arc<std::sync::Mutex<Vec<String>>>,
+    /// While true, nothing more is read from stdout (see
+    /// [`ChildApp::pause_stdout`]).
+    stdout_paused: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
     readers: Vec<std::thread::JoinHandle<()>>,
 }
 
@@ -397,6 +400,8 @@ pub async fn start_child(env: &[(&str, &str)]) -> ChildApp {
     // Threads, not tasks: they must keep draining the pipes (a full pipe
     // would stall the server) whatever the test's runtime is doing.
     let sink = Arc::clone(&stdout_lines);
+    let stdout_paused: Arc<(std::sync::Mutex<bool>, std::sync::Condvar)> = Arc::default();
+    let paused = Arc::clone(&stdout_paused);
     let stdout_reader = std::thread::spawn(move || {
         let mut serving_tx = Some(serving_tx);
         for line in std::io::BufReader::new(stdout).lines() {
@@ -408,6 +413,10 @@ pub async fn start_child(env: &[(&str, &str)]) -> ChildApp {
             if let Some(addrs) = serving {
                 let _ = serving_tx.take().unwrap().send(addrs);
             }
+            let (lock, resumed) = &*paused;
+            let _running = resumed
+                .wait_while(lock.lock().unwrap(), |paused| *paused)
+                .unwrap();
         }
     });
     let sink = Arc::clone(&stderr_lines);
@@ -424,6 +433,7 @@ pub async fn start_child(env: &[(&str, &str)]) -> ChildApp {
         admin_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
         stdout: stdout_lines,
         stderr: stderr_lines,
+        stdout_paused,
         readers: vec![stdout_reader, stderr_reader],
     };
     match serving {
@@ -456,6 +466,18 @@ fn serving_addrs(line: &str) -> Option<(SocketAddr, SocketAddr)> {
 impl ChildApp {
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Stops reading the child's stdout after the line being read (a log
+    /// pipe nobody drains, as a stuck log shipper leaves it), until
+    /// [`ChildApp::resume_stdout`].
+    pub fn pause_stdout(&self) {
+        *self.stdout_paused.0.lock().unwrap() = true;
+    }
+
+    pub fn resume_stdout(&self) {
+        *self.stdout_paused.0.lock().unwrap() = false;
+        self.stdout_paused.1.notify_all();
     }
 
     /// Waits until `/readyz` says ready.
@@ -521,6 +543,8 @@ impl ChildApp {
     /// SIGTERM, then the exit status within `within`; the output is then
     /// complete.
     pub async fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        // A paused reader would never see the pipe close.
+        self.resume_stdout();
         self.signal("-TERM");
         let exit = self
             .wait_exit(within)

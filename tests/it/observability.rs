@@ -895,3 +895,88 @@ async fn export_headers_from_the_environment_reach_the_collector_and_never_the_l
     );
     assert!(!lines.iter().any(|l| l.contains("cr3t")), "{lines:?}");
 }
+
+// ------------------------------------------------------------------- logs
+
+/// A log pipe nobody drains (a stuck log shipper) never holds up a call:
+/// past the writer's buffer, lines are dropped whole and counted, and the
+/// log resumes once the pipe drains. Every line is either written, whole,
+/// or counted in `user_service_log_lines_dropped_total`.
+#[tokio::test]
+async fn a_stalled_log_pipe_never_blocks_a_call_and_each_line_is_written_or_counted() {
+    // More call lines than the writer holds (some 2 MiB, ~7000 lines).
+    const CALLS: usize = 12_000;
+    const CLIENTS: usize = 16;
+    let mut app = spawn_child(&[("USER_SERVICE__LOG__LEVEL", "info")]).await;
+    let channel = connect(app.grpc_addr).await;
+    let missing = "0190c6c2-7f2a-7cc1-9b1e-3a4f5e6d7c8b";
+    app.pause_stdout();
+
+    let mut clients = tokio::task::JoinSet::new();
+    for _ in 0..CLIENTS {
+        let mut client = UserServiceClient::new(channel.clone());
+        clients.spawn(async move {
+            for _ in 0..CALLS / CLIENTS {
+                let mut request = Request::new(GetUserRequest {
+                    user_id: missing.to_owned(),
+                });
+                // A call held up by the log would miss it.
+                request.set_timeout(Duration::from_secs(5));
+                let status = client.get_user(request).await.unwrap_err();
+                assert_eq!(status.code(), Code::NotFound, "{status:?}");
+            }
+        });
+    }
+    while let Some(done) = clients.join_next().await {
+        done.unwrap();
+    }
+    let dropped = app
+        .metric("user_service_log_lines_dropped_total")
+        .await
+        .unwrap_or(0.0);
+    assert!(dropped > 0.0, "nothing dropped: the pipe never filled");
+
+    // Drained again, the log takes new lines (a few more may be dropped
+    // while the backlog goes out, so ask until one arrives).
+    app.resume_stdout();
+    let mut client = UserServiceClient::new(channel.clone());
+    let lines_of = |app: &ChildApp, method: &str| {
+        app.log_json()
+            .iter()
+            .filter(|l| l["message"] == "finished call" && l["grpc.method"] == method)
+            .count()
+    };
+    let mut lists = 0;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lines_of(&app, "ListUsers") == 0 {
+        assert!(Instant::now() < deadline, "no line after the pipe drained");
+        let mut stream = client
+            .list_users(ListUsersRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        while stream.next().await.is_some() {}
+        lists += 1;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let dropped = app
+        .metric("user_service_log_lines_dropped_total")
+        .await
+        .unwrap_or(0.0) as usize;
+    app.terminate(Duration::from_secs(15)).await;
+
+    // No line was cut: every one is a JSON object.
+    let lines = app.log_lines();
+    for line in &lines {
+        assert!(
+            serde_json::from_str::<serde_json::Value>(line).is_ok(),
+            "not a whole JSON line: {line}"
+        );
+    }
+    let written = lines_of(&app, "GetUser") + lines_of(&app, "ListUsers");
+    assert_eq!(
+        written + dropped,
+        CALLS + lists,
+        "written {written}, dropped {dropped}"
+    );
+}
