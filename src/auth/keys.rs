@@ -11,7 +11,10 @@ use std::{
     fmt,
     path::Path,
     str::FromStr,
-    sync::{Arc, RwLock},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, RwLock,
+    },
     time::{Duration, Instant},
 };
 
@@ -205,6 +208,9 @@ pub struct Jwks {
     url: String,
     client: reqwest::Client,
     keys: RwLock<Arc<Vec<Arc<VerifyKey>>>>,
+    /// Counts the sets fetched: tokens verified with an earlier set are
+    /// checked again (`auth::cache`).
+    generation: AtomicU64,
     /// When the last fetch started; also makes fetches one at a time.
     last_fetch: Mutex<Option<Instant>>,
     min_interval: Duration,
@@ -236,6 +242,7 @@ impl Jwks {
             url: url.to_owned(),
             client,
             keys: RwLock::new(Arc::new(Vec::new())),
+            generation: AtomicU64::new(0),
             last_fetch: Mutex::new(None),
             min_interval: auth.jwks_min_refresh_interval,
             refresh_interval: auth.jwks_refresh_interval,
@@ -249,6 +256,11 @@ impl Jwks {
             Ok(keys) => Arc::clone(&keys),
             Err(poisoned) => Arc::clone(&poisoned.into_inner()),
         }
+    }
+
+    /// Which key set is current; it changes with every fetch.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The key for a token's `kid`; a token without one matches only a
@@ -279,6 +291,7 @@ impl Jwks {
                     Ok(mut slot) => *slot = keys,
                     Err(poisoned) => *poisoned.into_inner() = keys,
                 }
+                self.generation.fetch_add(1, Ordering::Release);
             }
             Err(reason) => {
                 let kept = self.current().len();

@@ -13,6 +13,7 @@
 //! PERMISSION_DENIED and a short reason; the token is never echoed or
 //! logged.
 
+mod cache;
 pub mod claims;
 pub mod keys;
 pub mod policy;
@@ -33,6 +34,7 @@ use tower::{Layer, Service};
 
 pub use self::claims::Claims;
 use self::{
+    cache::TokenCache,
     keys::{Jwks, KeyError, VerifyKey},
     policy::Access,
 };
@@ -90,6 +92,8 @@ pub struct Verifier {
     issuer: Option<String>,
     audience: Option<String>,
     leeway: u64,
+    /// Tokens that passed, so a repeated one is not checked again.
+    verified: TokenCache,
 }
 
 impl Verifier {
@@ -116,7 +120,38 @@ impl Verifier {
             issuer: auth.issuer.clone(),
             audience: auth.audience.clone(),
             leeway: auth.leeway.as_secs(),
+            verified: TokenCache::default(),
         })
+    }
+
+    /// The caller of a token that passed before, with the same keys, and
+    /// has not expired since: no decoding, no signature check.
+    pub fn cached(&self, token: &str) -> Option<Actor> {
+        self.verified.get(token, self.key_set())
+    }
+
+    /// The caller of `token`: from [`Verifier::cached`], or verified (and
+    /// then kept).
+    pub async fn authenticate(&self, token: &str) -> Result<Actor, Rejection> {
+        // Read before verifying: should the set change meanwhile, the
+        // entry belongs to the older one and is checked again next time.
+        let keys = self.key_set();
+        if let Some(actor) = self.verified.get(token, keys) {
+            return Ok(actor);
+        }
+        let claims = self.verify(token).await?;
+        let actor = Actor::user(claims.sub, &claims.roles);
+        let valid_until = claims.exp.saturating_add(self.leeway);
+        self.verified
+            .insert(token, actor.clone(), valid_until, keys);
+        Ok(actor)
+    }
+
+    fn key_set(&self) -> u64 {
+        match &self.keys {
+            Keys::Static(_) => 0,
+            Keys::Jwks(jwks) => jwks.generation(),
+        }
     }
 
     pub async fn verify(&self, token: &str) -> Result<Claims, Rejection> {
@@ -321,16 +356,26 @@ where
         if access == Access::Public {
             return Either::Left(self.inner.call(req));
         }
+        // The usual call: a token that passed before. No box, no await.
+        if let Some(actor) = bearer(req.headers())
+            .ok()
+            .and_then(|token| verifier.cached(token))
+        {
+            if access != Access::Admin || actor.is_admin() {
+                req.extensions_mut().insert(actor);
+                return Either::Left(self.inner.call(req));
+            }
+        }
         // The clone that was polled ready is the one to call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Either::Right(Box::pin(async move {
             let verified = match bearer(req.headers()) {
-                Ok(token) => verifier.verify(token).await,
+                Ok(token) => verifier.authenticate(token).await,
                 Err(rejection) => Err(rejection),
             };
-            let claims = match verified {
-                Ok(claims) => claims,
+            let actor = match verified {
+                Ok(actor) => actor,
                 Err(rejection) => {
                     tracing::debug!(
                         path = req.uri().path(),
@@ -340,7 +385,6 @@ where
                     return Ok(Status::unauthenticated(rejection.message()).into_http());
                 }
             };
-            let actor = Actor::user(claims.sub, &claims.roles);
             if access == Access::Admin && !actor.is_admin() {
                 return Ok(
                     Status::permission_denied("this method needs the admin role").into_http(),
@@ -379,6 +423,32 @@ mod tests {
         ] {
             assert_eq!(r.message(), "invalid token");
         }
+    }
+
+    #[tokio::test]
+    async fn only_tokens_that_pass_are_kept() {
+        let auth = AuthSettings {
+            enabled: true,
+            jwt_secret: Some(crate::config::Secret::new(
+                "0123456789abcdef0123456789abcdef",
+            )),
+            ..AuthSettings::default()
+        };
+        let verifier = Verifier::new(&auth).await.unwrap();
+        let token = mint(&auth, "someone", &["admin".into()], Duration::from_secs(60)).unwrap();
+        assert_eq!(verifier.cached(&token), None);
+        let actor = verifier.authenticate(&token).await.unwrap();
+        assert_eq!(actor, Actor::user("someone", &["admin".into()]));
+        assert_eq!(verifier.cached(&token), Some(actor));
+        // The same claims under a broken signature: refused, and not kept.
+        let at = token.len() - 5;
+        let flipped = if &token[at..=at] == "A" { "B" } else { "A" };
+        let forged = format!("{}{flipped}{}", &token[..at], &token[at + 1..]);
+        assert_eq!(
+            verifier.authenticate(&forged).await.unwrap_err(),
+            Rejection::Invalid("signature")
+        );
+        assert_eq!(verifier.cached(&forged), None);
     }
 
     #[tokio::test]

@@ -5,6 +5,8 @@
 //! user is touched (your own record, status changes) live here, next to
 //! the use cases they guard.
 
+use std::sync::Arc;
+
 use super::{DomainError, UserId};
 
 /// The role that may read and change every user.
@@ -19,13 +21,14 @@ pub enum Actor {
     User {
         /// The token's `sub`; it is a user's id for ordinary users, and may
         /// be anything (a service account, an operator's login) for admins.
-        subject: String,
+        /// Shared, so handing a cached caller to a call copies no text.
+        subject: Arc<str>,
         admin: bool,
     },
 }
 
 impl Actor {
-    pub fn user(subject: impl Into<String>, roles: &[String]) -> Self {
+    pub fn user(subject: impl Into<Arc<str>>, roles: &[String]) -> Self {
         Actor::User {
             subject: subject.into(),
             admin: roles.iter().any(|r| r == ADMIN_ROLE),

@@ -466,6 +466,48 @@ async fn refusals_say_little_and_never_echo_the_token() {
     app.stop().await;
 }
 
+/// A token that passed is not checked again on every call (the service
+/// keeps it), yet it never outlives its `exp` plus the leeway, and being
+/// kept never lets it do more than it could the first time.
+#[tokio::test]
+async fn a_token_that_passed_stops_working_when_it_expires() {
+    let mut settings = hs_settings();
+    settings.auth.leeway = Duration::ZERO;
+    let app = spawn_app_with(settings).await;
+    let me = sign_up(&app.channel, "expiring").await;
+    let mut short = claims(&me, &[]);
+    let exp = now() + 2;
+    short["exp"] = json!(exp);
+    let token = hs(&short);
+    for _ in 0..3 {
+        assert_eq!(
+            call(&app.channel, Method::GetUser, Some(&token), &me).await,
+            Code::Ok
+        );
+        assert_eq!(
+            call(&app.channel, Method::ListUsers, Some(&token), &me).await,
+            Code::PermissionDenied
+        );
+    }
+    // `exp` is in whole seconds: past it means the second after.
+    while now() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut users = UserServiceClient::new(app.channel.clone());
+    let status = users
+        .get_user(with_token(
+            GetUserRequest {
+                user_id: me.clone(),
+            },
+            Some(&token),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert_eq!(status.message(), "token expired");
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn users_act_on_themselves_and_admins_on_everyone() {
     let app = spawn_app_with(hs_settings()).await;
