@@ -8,7 +8,9 @@
 #                                                # older target/release/user-service
 # Modes: warn (log.level=warn, no exporter), chart-no-otlp (JSON info
 # logs), chart (the same + every call exported to a local OTLP sink);
-# MODES="chart" runs only the named ones.
+# MODES="chart" runs only the named ones. AUTH=1 turns authentication on
+# (an HS256 secret, as the chart does) and sends an admin token with every
+# call, minted by each build's own `token` command.
 # The user to read is created through the API, so builds from before
 # store.seed_file compare too.
 set -euo pipefail
@@ -32,6 +34,11 @@ sys.stdout.buffer.write(b"\x00" + len(msg).to_bytes(4, "big") + msg)'
 one() { # binary mode -> prints CPU µs per call
   local bin=$1 mode=$2; port=$((port + 2))
   local env=(USER_SERVICE__SHUTDOWN__DRAIN_DELAY=0s USER_SERVICE__LOG__FORMAT=json)
+  local auth=()
+  if [ -n "${AUTH:-}" ]; then
+    env+=(USER_SERVICE__AUTH__ENABLED=true USER_SERVICE__AUTH__JWT_SECRET=ab-bench-secret-ab-bench-secret-0123456789)
+    auth=(-H "authorization: Bearer $(env "${env[@]}" "$bin" token --sub ab --role admin --ttl 1h)")
+  fi
   case $mode in
     warn) env+=(USER_SERVICE__LOG__LEVEL=warn) ;;
     chart-no-otlp) env+=(USER_SERVICE__LOG__LEVEL=info) ;;
@@ -44,9 +51,9 @@ one() { # binary mode -> prints CPU µs per call
   target/release/bench-client create --addr "127.0.0.1:$port" --email "ab$port@example.com" --name AB \
     | python3 -c "$frame" >"$work/req"
   local url=http://127.0.0.1:$port/user.v1.UserService/GetUser
-  timeout 60 taskset -c 1 h2load -n 20000 -c 8 -m 32 -d "$work/req" "${H[@]}" "$url" >/dev/null 2>&1
+  timeout 60 taskset -c 1 h2load -n 20000 -c 8 -m 32 -d "$work/req" "${H[@]}" "${auth[@]}" "$url" >/dev/null 2>&1
   local t0 t1; t0=$(awk '{print $14+$15}' "/proc/$pid/stat")
-  timeout 120 taskset -c 1 h2load -n "$N" -c 8 -m 32 -d "$work/req" "${H[@]}" "$url" >"$work/h2load" 2>&1
+  timeout 120 taskset -c 1 h2load -n "$N" -c 8 -m 32 -d "$work/req" "${H[@]}" "${auth[@]}" "$url" >"$work/h2load" 2>&1
   t1=$(awk '{print $14+$15}' "/proc/$pid/stat")
   kill -TERM "$pid"; wait "$pid" 2>/dev/null || true
   grep -q "status codes: $N 2xx" "$work/h2load" || { echo "not every call answered:" >&2; cat "$work/h2load" >&2; exit 1; }
