@@ -49,6 +49,11 @@ PHC = "$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzZWVkc2FsdDAwMA$Oq7nTWzGDMB2r8kLgYh
 
 SERVERS = ["chart", "chart-no-otlp", "warn", "bare-tonic", "grpc-go", "python-grpcio"]
 OURS = {"chart", "chart-no-otlp", "warn"}
+# Ours with authentication on, as the chart deploys it (`warn` is the
+# floor: the least the service can be configured to do).
+AUTHED = {"chart", "chart-no-otlp"}
+# Only signs the harness's own tokens; at least 32 bytes, as required.
+BENCH_JWT_SECRET = "bench-only-jwt-secret-0123456789abcdef"
 BASELINE = "bare-tonic"
 
 SERVER_CPU, LOAD_CPU = "0", "1"
@@ -279,6 +284,8 @@ class Server:
         self.pid = None
         self.startup_ms = None
         self.scraper = None
+        # The admin token every call carries, when authentication is on.
+        self.token = None
         self.log_path = os.path.join(ctx.work, f"{name}-{time.monotonic_ns()}.log")
 
     def command(self):
@@ -324,6 +331,10 @@ class Server:
                 "OTEL_RESOURCE_ATTRIBUTES": "k8s.namespace.name=bench,service.version=bench",
             }
         )
+        if self.name in AUTHED:
+            # The chart turns authentication on with an HS256 secret.
+            env["USER_SERVICE__AUTH__ENABLED"] = "true"
+            env["USER_SERVICE__AUTH__JWT_SECRET"] = BENCH_JWT_SECRET
         if self.name == "chart":
             env["OTEL_EXPORTER_OTLP_ENDPOINT"] = f"http://{self.ctx.sink_addr}"
         if self.ctx.seed_supported and self.seed:
@@ -352,6 +363,12 @@ class Server:
             if not self.ctx.seed_supported:
                 self.user_id = self._create_user()
             self.scraper = Scraper(self.admin)
+        if self.name in AUTHED:
+            # Minted by the binary itself, as an operator would; admin, so
+            # it reads any user and may call ListUsers.
+            out = run([os.path.join(RELEASE, "user-service"), "token", "--sub", "bench", "--role", "admin",
+                       "--ttl", "4h"], timeout=30, env=self.env())
+            self.token = out.stdout.strip()
         return self
 
     def _create_user(self):
@@ -442,6 +459,8 @@ def h2load(server, body, clients, streams, duration, rps=None, log_file=None, wa
         cmd += ["--log-file", log_file]
     if warmup:
         cmd += ["--warm-up-time", f"{int(warmup * 1000)}ms"]
+    if server.token:
+        cmd += ["-H", f"authorization: Bearer {server.token}"]
     cmd.append(f"http://{server.addr}/user.v1.UserService/GetUser")
     out = run(pinned(LOAD_CPU, cmd), timeout=duration + (warmup or 0) + 60)
     text = out.stdout
@@ -462,7 +481,9 @@ def ghz_spot_check(server, calls):
             os.path.join(TOOLS_BIN, "ghz"), "--insecure", "--proto", os.path.join(PROTO_DIR, PROTO),
             "--import-paths", PROTO_DIR, "--call", "user.v1.UserService/GetUser",
             "-d", json.dumps({"user_id": server.user_id}), "-n", str(calls), "-c", "2",
-            "--timeout", "5s", "-O", "json", server.addr,
+            "--timeout", "5s", "-O", "json",
+            *(["--metadata", json.dumps({"authorization": f"Bearer {server.token}"})] if server.token else []),
+            server.addr,
         ]),
         timeout=60,
     )
@@ -486,8 +507,9 @@ def recovered(server, calls, timeout_s):
 
 
 def list_users(server, expect, timeout_s):
+    token = ["--token", server.token] if server.token else []
     out = run(
-        pinned(LOAD_CPU, [os.path.join(RELEASE, "bench-client"), "list", "--addr", server.addr, "--timeout-s", str(timeout_s)]),
+        pinned(LOAD_CPU, [os.path.join(RELEASE, "bench-client"), "list", "--addr", server.addr, "--timeout-s", str(timeout_s), *token]),
         timeout=timeout_s + 10, check=False,
     )
     if out.returncode != 0:
@@ -742,6 +764,8 @@ def markdown(result):
         f"- Peak RSS under {meta['peak_clients']} connections × {meta['peak_streams']} streams (ours with "
         f"`grpc.max_concurrent_streams` 1024: bare tonic and grpc-go take any number per connection); "
         f"ListUsers over {meta['list_users']} users",
+        "- `chart` and `chart-no-otlp` run with authentication on, as the chart deploys the service: every call "
+        "carries an admin JWT (HS256, minted by `user-service token`); `warn` runs without",
     ]
     if not meta["seed_supported"]:
         lines.append("- **Our servers ran unseeded** (this build has no `store.seed_file`): GetUser read one user "

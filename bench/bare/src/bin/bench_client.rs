@@ -17,7 +17,10 @@
 //! `list`: one ListUsers call for every user; prints
 //! `{"users":N,"seconds":S,"code":"OK"}`.
 //!
-//!   bench-client list --addr 127.0.0.1:50051 --timeout-s 300
+//!   bench-client list --addr 127.0.0.1:50051 --timeout-s 300 [--token JWT]
+//!
+//! (`--token`: sent as `authorization: Bearer JWT`, for a server with
+//! authentication on; ListUsers is admin-only there.)
 //!
 //! `probe`: open-loop GetUser calls at `--rate` per second and gRPC health
 //! checks at `--health-rate` per second (alternating `""` and
@@ -199,12 +202,19 @@ async fn list(flags: Flags) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("connect {addr}: {e}"))?;
         let mut client = UserServiceClient::new(channel).max_decoding_message_size(16 << 20);
+        let mut request = tonic::Request::new(ListUsersRequest {
+            page_size: 0,
+            page_token: String::new(),
+        });
+        if let Some(token) = flags.get("token") {
+            let value = format!("Bearer {token}")
+                .parse()
+                .map_err(|_| "--token: not a header value".to_owned())?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let started = Instant::now();
         let mut stream = client
-            .list_users(ListUsersRequest {
-                page_size: 0,
-                page_token: String::new(),
-            })
+            .list_users(request)
             .await
             .map_err(|s| format!("{:?}", s.code()))?
             .into_inner();
