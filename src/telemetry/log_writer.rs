@@ -35,6 +35,11 @@ pub const FLUSH_AT: usize = 128 * 1024;
 /// grow to what is used, so an idle service holds none of it.
 pub const LIMIT: usize = 2 * 1024 * 1024;
 
+/// How long the last lines may take to go out at exit. A log pipe that
+/// takes none (its reader stuck) must not hold the process past its
+/// shutdown; the lines still waiting are then lost.
+pub const EXIT_WAIT: Duration = Duration::from_secs(2);
+
 /// The writer handed to the `fmt` layer. Cloning it is cheap.
 #[derive(Clone)]
 pub struct LogWriter {
@@ -50,7 +55,10 @@ pub struct Flusher {
 
 struct Shared {
     waiting: Mutex<Waiting>,
+    /// The thread waits on it for lines.
     wake: Condvar,
+    /// The [`Flusher`] waits on it for the thread to finish.
+    done: Condvar,
     dropped: AtomicU64,
     /// Bytes that may wait; 0: no thread, every line goes out at once.
     limit: usize,
@@ -60,6 +68,8 @@ struct Shared {
 struct Waiting {
     bytes: Vec<u8>,
     closed: bool,
+    /// The thread has written its last batch and ended.
+    finished: bool,
 }
 
 impl Shared {
@@ -67,6 +77,7 @@ impl Shared {
         Self {
             waiting: Mutex::default(),
             wake: Condvar::new(),
+            done: Condvar::new(),
             dropped: AtomicU64::new(0),
             limit,
         }
@@ -107,7 +118,11 @@ fn spawn<W: Write + Send + 'static>(out: W, limit: usize) -> io::Result<(LogWrit
         let shared = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || run(&shared, out))?
+            .spawn(move || {
+                run(&shared, out);
+                shared.lock().finished = true;
+                shared.done.notify_all();
+            })?
     };
     Ok((
         LogWriter {
@@ -213,13 +228,24 @@ impl<'a> MakeWriter<'a> for LogWriter {
 
 impl Drop for Flusher {
     fn drop(&mut self) {
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
         self.shared.lock().closed = true;
         self.shared.wake.notify_one();
-        if let Some(thread) = self.thread.take() {
-            // The thread cannot panic on its own; if a line's bytes made
-            // it, there is nothing left to save at exit anyway.
+        let finished = self
+            .shared
+            .done
+            .wait_timeout_while(self.shared.lock(), EXIT_WAIT, |w| !w.finished)
+            .unwrap_or_else(PoisonError::into_inner)
+            .0
+            .finished;
+        if finished {
+            // It has ended; joining only reaps it.
             let _ = thread.join();
         }
+        // Otherwise the thread is stuck in a `write` to a pipe nobody
+        // reads: leave it, the process is on its way out.
     }
 }
 
@@ -273,6 +299,17 @@ mod tests {
     }
 
     #[test]
+    fn exit_waits_for_a_stuck_pipe_only_so_long() {
+        let (mut writer, flusher, _rx, gate) = pipe(LIMIT);
+        let _stuck = gate.lock().unwrap();
+        writer.write_all(b"never written\n").unwrap();
+        let started = std::time::Instant::now();
+        drop(flusher);
+        let waited = started.elapsed();
+        assert!(waited >= EXIT_WAIT && waited < EXIT_WAIT * 3, "{waited:?}");
+    }
+
+    #[test]
     fn a_single_line_is_written_without_waiting_for_more() {
         let (mut writer, _flusher, rx, _gate) = pipe(LIMIT);
         writer.write_all(b"alone\n").unwrap();
@@ -301,6 +338,9 @@ mod tests {
         assert_eq!(writer.dropped(), 20);
         drop(stalled);
         drop(flusher);
+        // Closed: later lines are refused (and counted), not kept.
+        writer.write_all(b"late\n").unwrap();
+        assert_eq!(writer.dropped(), 21);
         let written = String::from_utf8(rx.try_iter().collect::<Vec<_>>().concat()).unwrap();
         let expected: String = std::iter::once("first\n".to_owned())
             .chain((0..10).map(|i| format!("line {i:04}\n")))
