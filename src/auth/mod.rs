@@ -425,15 +425,20 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn only_tokens_that_pass_are_kept() {
-        let auth = AuthSettings {
+    /// Auth on with an HS256 secret, nothing else set.
+    fn hs256() -> AuthSettings {
+        AuthSettings {
             enabled: true,
             jwt_secret: Some(crate::config::Secret::new(
                 "0123456789abcdef0123456789abcdef",
             )),
             ..AuthSettings::default()
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn only_tokens_that_pass_are_kept() {
+        let auth = hs256();
         let verifier = Verifier::new(&auth).await.unwrap();
         let token = mint(&auth, "someone", &["admin".into()], Duration::from_secs(60)).unwrap();
         assert_eq!(verifier.cached(&token), None);
@@ -454,13 +459,9 @@ mod tests {
     #[tokio::test]
     async fn minted_tokens_verify_and_carry_the_claims() {
         let auth = AuthSettings {
-            enabled: true,
-            jwt_secret: Some(crate::config::Secret::new(
-                "0123456789abcdef0123456789abcdef",
-            )),
             issuer: Some("https://issuer.example".into()),
             audience: Some("user-service".into()),
-            ..AuthSettings::default()
+            ..hs256()
         };
         let verifier = Verifier::new(&auth).await.unwrap();
         let token = mint(&auth, "someone", &["admin".into()], Duration::from_secs(60)).unwrap();

@@ -238,9 +238,9 @@ fn hex<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
     std::str::from_utf8(out).unwrap_or_default()
 }
 
-/// `value` in decimal, without formatting machinery.
-fn write_u64(out: &mut String, mut value: u64) {
-    let mut digits = [0u8; 20];
+/// `value` in decimal, without formatting machinery, written at the end
+/// of `digits` (20 hold any `u64`).
+pub fn decimal(mut value: u64, digits: &mut [u8; 20]) -> &str {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -252,7 +252,11 @@ fn write_u64(out: &mut String, mut value: u64) {
         }
     }
     // Only ASCII digits were written.
-    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
+    std::str::from_utf8(&digits[at..]).unwrap_or_default()
+}
+
+fn write_u64(out: &mut String, value: u64) {
+    out.push_str(decimal(value, &mut [0; 20]));
 }
 
 /// `s` as a JSON string.
@@ -454,6 +458,13 @@ mod tests {
         assert_eq!(lines[0]["trace_id"], sc.trace_id().to_string());
         assert_eq!(lines[0]["span_id"], sc.span_id().to_string());
         assert!(lines[0].get("span").is_none());
+    }
+
+    #[test]
+    fn decimals_are_written_as_display_writes_them() {
+        for value in [0, 7, 10, 65_535, u64::MAX] {
+            assert_eq!(decimal(value, &mut [0; 20]), value.to_string());
+        }
     }
 
     #[test]

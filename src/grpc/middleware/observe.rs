@@ -30,7 +30,7 @@ use super::{
 };
 use crate::{
     grpc::codes::{self, LogLevel, CODES},
-    telemetry::{metrics as names, trace::CallSpan},
+    telemetry::{json, metrics as names, trace::CallSpan},
 };
 
 const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
@@ -470,19 +470,8 @@ impl PeerText {
         self.len = end;
     }
 
-    fn decimal(&mut self, mut value: u16) {
-        let mut digits = [0u8; 5];
-        let mut at = digits.len();
-        loop {
-            at -= 1;
-            // `value % 10` < 10, so it fits the digit.
-            digits[at] = b'0' + (value % 10) as u8;
-            value /= 10;
-            if value == 0 {
-                break;
-            }
-        }
-        self.push(&digits[at..]);
+    fn decimal(&mut self, value: u16) {
+        self.push(json::decimal(value.into(), &mut [0; 20]).as_bytes());
     }
 
     fn as_str(&self) -> &str {
