@@ -27,7 +27,7 @@ use std::{
     collections::VecDeque,
     str::FromStr,
     sync::{
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicU64, AtomicUsize, Ordering},
         Arc, Mutex, MutexGuard,
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -201,6 +201,7 @@ pub fn pipeline(endpoint: &str) -> Result<(QueueProcessor, SpanSink, ExportTask)
     let queue = Arc::new(Queue {
         state: Mutex::new(State::default()),
         wake: Notify::new(),
+        queued_hint: AtomicUsize::new(0),
         max_queue: config.max_queue,
         max_batch: config.max_batch,
     });
@@ -223,6 +224,10 @@ struct Queue {
     state: Mutex<State>,
     /// A batch is full, a flush was asked for, or the queue closed.
     wake: Notify,
+    /// `State::queued` as last set under the lock, `usize::MAX` once
+    /// closed: read without the lock, so a span the queue would refuse is
+    /// not encoded first (under overload, when the core is scarcest).
+    queued_hint: AtomicUsize,
     max_queue: usize,
     max_batch: usize,
 }
@@ -261,6 +266,12 @@ impl Queue {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Whether a span pushed now would probably be kept (exactly, unless
+    /// another thread pushes or takes meanwhile).
+    fn has_room(&self) -> bool {
+        self.queued_hint.load(Ordering::Relaxed) < self.max_queue
+    }
+
     /// Adds one encoded span, unless the queue is full or closed.
     fn push(&self, scope: &InstrumentationScope, span: &[u8]) {
         let mut state = self.lock();
@@ -283,6 +294,7 @@ impl Queue {
         group.spans.extend_from_slice(span);
         open.spans += 1;
         state.queued += 1;
+        self.queued_hint.store(state.queued, Ordering::Relaxed);
         if state.open.spans >= self.max_batch {
             let full = std::mem::take(&mut state.open);
             state.full.push_back(full);
@@ -307,6 +319,9 @@ impl Queue {
             }
         };
         state.queued -= batch.spans;
+        if !state.closed {
+            self.queued_hint.store(state.queued, Ordering::Relaxed);
+        }
         Some((Arc::clone(&state.resource), batch))
     }
 
@@ -318,6 +333,7 @@ impl Queue {
     /// rest.
     fn close(&self) {
         self.lock().closed = true;
+        self.queued_hint.store(usize::MAX, Ordering::Relaxed);
         self.wake.notify_one();
     }
 }
@@ -335,6 +351,9 @@ impl SpanSink {
     /// drops it (the counters show it: ended, never exported).
     pub fn send(&self, scope: &InstrumentationScope, encode: impl FnOnce(&mut Vec<u8>)) {
         ENDED.fetch_add(1, Ordering::Relaxed);
+        if !self.queue.has_room() {
+            return;
+        }
         SCRATCH.with_borrow_mut(|scratch| {
             scratch.clear();
             encode(scratch);
@@ -555,6 +574,43 @@ impl prost::Message for Encoded {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_or_closed_queue_refuses_spans_before_they_are_encoded() {
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State::default()),
+            wake: Notify::new(),
+            queued_hint: AtomicUsize::new(0),
+            max_queue: 2,
+            max_batch: 2,
+        });
+        let sink = SpanSink {
+            queue: Arc::clone(&queue),
+        };
+        let scope = InstrumentationScope::builder("test").build();
+        let encoded = std::cell::Cell::new(0);
+        let send = || {
+            sink.send(&scope, |out| {
+                encoded.set(encoded.get() + 1);
+                out.push(0);
+            })
+        };
+        send();
+        send();
+        send();
+        assert_eq!(
+            (encoded.get(), queue.lock().queued),
+            (2, 2),
+            "the third: full"
+        );
+        // A batch taken makes room again.
+        assert!(queue.take(false).is_some());
+        send();
+        assert_eq!((encoded.get(), queue.lock().queued), (3, 1));
+        queue.close();
+        send();
+        assert_eq!(encoded.get(), 3, "closed");
+    }
 
     #[test]
     fn headers_are_parsed_and_percent_decoded_and_errors_name_no_value() {
