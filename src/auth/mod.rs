@@ -127,11 +127,15 @@ impl Verifier {
     /// The caller of a token that passed before, with the same keys, and
     /// has not expired since: no decoding, no signature check.
     pub fn cached(&self, token: &str) -> Option<Actor> {
+        self.cached_for(token, self.key_set())
+    }
+
+    fn cached_for(&self, token: &str, keys: u64) -> Option<Actor> {
         // One that long was never kept; not even worth hashing.
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
-        self.verified.get(token, self.key_set())
+        self.verified.get(token, keys)
     }
 
     /// The caller of `token`: from [`Verifier::cached`], or verified (and
@@ -140,7 +144,7 @@ impl Verifier {
         // Read before verifying: should the set change meanwhile, the
         // entry belongs to the older one and is checked again next time.
         let keys = self.key_set();
-        if let Some(actor) = self.cached(token) {
+        if let Some(actor) = self.cached_for(token, keys) {
             return Ok(actor);
         }
         let claims = self.verify(token).await?;

@@ -67,17 +67,18 @@ where
         // a line is some seventy small writes, each a virtual call there
         // but an inlined `push_str` here. A field whose `Debug` logs (so
         // re-enters this function) gets a fresh buffer.
-        LINE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut line) => {
-                line.clear();
-                format_line(&mut line, ctx, event)?;
-                writer.write_str(&line)
-            }
-            Err(_) => {
-                let mut line = String::new();
-                format_line(&mut line, ctx, event)?;
-                writer.write_str(&line)
-            }
+        LINE.with(|cell| {
+            let mut own = String::new();
+            let mut shared = cell.try_borrow_mut();
+            let line = match &mut shared {
+                Ok(line) => {
+                    line.clear();
+                    &mut **line
+                }
+                Err(_) => &mut own,
+            };
+            format_line(line, ctx, event)?;
+            writer.write_str(line)
         })
     }
 }
@@ -301,10 +302,8 @@ fn escape_into(out: &mut String, s: &str) {
         };
         out.push_str(&s[plain..i]);
         if escape.is_empty() {
-            const DIGITS: &[u8; 16] = b"0123456789abcdef";
             out.push_str("\\u00");
-            out.push(char::from(DIGITS[usize::from(b >> 4)]));
-            out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+            out.push_str(hex(&[b], &mut [0; 2]));
         } else {
             out.push_str(escape);
         }

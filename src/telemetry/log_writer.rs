@@ -171,7 +171,9 @@ fn run(shared: &Shared, mut out: impl Write) {
                 batch = Vec::new();
             }
         }
-        if closed && shared.lock().bytes.is_empty() {
+        // Closed was seen at the swap, under the lock: no line has been
+        // accepted since, so that batch was the last.
+        if closed {
             return;
         }
     }
@@ -184,7 +186,8 @@ impl LogWriter {
     }
 }
 
-impl Write for LogWriter {
+/// By reference, so a line costs no reference count.
+impl Write for &LogWriter {
     /// Takes one whole line (the `fmt` layer writes each in one call).
     fn write(&mut self, line: &[u8]) -> io::Result<usize> {
         let shared = &*self.shared;
@@ -219,10 +222,10 @@ impl Write for LogWriter {
 }
 
 impl<'a> MakeWriter<'a> for LogWriter {
-    type Writer = LogWriter;
+    type Writer = &'a LogWriter;
 
     fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
+        self
     }
 }
 
@@ -286,10 +289,10 @@ mod tests {
 
     #[test]
     fn a_burst_of_lines_is_written_in_few_writes_and_in_order() {
-        let (mut writer, flusher, rx, _gate) = pipe(LIMIT);
+        let (writer, flusher, rx, _gate) = pipe(LIMIT);
         let lines: Vec<String> = (0..1000).map(|i| format!("line {i}\n")).collect();
         for line in &lines {
-            writer.write_all(line.as_bytes()).unwrap();
+            (&writer).write_all(line.as_bytes()).unwrap();
         }
         drop(flusher);
         let writes: Vec<Vec<u8>> = rx.try_iter().collect();
@@ -300,9 +303,9 @@ mod tests {
 
     #[test]
     fn exit_waits_for_a_stuck_pipe_only_so_long() {
-        let (mut writer, flusher, _rx, gate) = pipe(LIMIT);
+        let (writer, flusher, _rx, gate) = pipe(LIMIT);
         let _stuck = gate.lock().unwrap();
-        writer.write_all(b"never written\n").unwrap();
+        (&writer).write_all(b"never written\n").unwrap();
         let started = std::time::Instant::now();
         drop(flusher);
         let waited = started.elapsed();
@@ -311,18 +314,18 @@ mod tests {
 
     #[test]
     fn a_single_line_is_written_without_waiting_for_more() {
-        let (mut writer, _flusher, rx, _gate) = pipe(LIMIT);
-        writer.write_all(b"alone\n").unwrap();
+        let (writer, _flusher, rx, _gate) = pipe(LIMIT);
+        (&writer).write_all(b"alone\n").unwrap();
         let write = rx.recv_timeout(Duration::from_secs(5)).unwrap();
         assert_eq!(write, b"alone\n");
     }
 
     #[test]
     fn a_stalled_pipe_drops_whole_lines_counts_them_and_never_blocks() {
-        let (mut writer, flusher, rx, gate) = pipe(100);
+        let (writer, flusher, rx, gate) = pipe(100);
         let stalled = gate.lock().unwrap();
         // The thread takes the first batch and blocks writing it.
-        writer.write_all(b"first\n").unwrap();
+        (&writer).write_all(b"first\n").unwrap();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !writer.shared.lock().bytes.is_empty() {
             assert!(std::time::Instant::now() < deadline);
@@ -331,15 +334,21 @@ mod tests {
         // 100 bytes wait at most: ten of these 10-byte lines fit, the rest
         // are dropped.
         for i in 0..30 {
-            writer
-                .write_all(format!("line {i:04}\n").as_bytes())
+            (&writer)
+                .write_all(
+                    format!(
+                        "line {i:04}
+"
+                    )
+                    .as_bytes(),
+                )
                 .unwrap();
         }
         assert_eq!(writer.dropped(), 20);
         drop(stalled);
         drop(flusher);
         // Closed: later lines are refused (and counted), not kept.
-        writer.write_all(b"late\n").unwrap();
+        (&writer).write_all(b"late\n").unwrap();
         assert_eq!(writer.dropped(), 21);
         let written = String::from_utf8(rx.try_iter().collect::<Vec<_>>().concat()).unwrap();
         let expected: String = std::iter::once("first\n".to_owned())

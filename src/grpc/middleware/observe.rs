@@ -444,15 +444,13 @@ impl PeerText {
                 }
                 out.ip = 0..out.len;
             }
-            SocketAddr::V6(_) => {
+            SocketAddr::V6(v6) => {
                 // Rare enough for the formatting machinery: "[ip%scope]".
                 use std::fmt::Write as _;
-                let _ = write!(out, "[{}", addr.ip());
+                let _ = write!(out, "[{}", v6.ip());
                 out.ip = 1..out.len;
-                if let SocketAddr::V6(v6) = addr {
-                    if v6.scope_id() != 0 {
-                        let _ = write!(out, "%{}", v6.scope_id());
-                    }
+                if v6.scope_id() != 0 {
+                    let _ = write!(out, "%{}", v6.scope_id());
                 }
                 out.push(b"]");
             }
