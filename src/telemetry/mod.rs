@@ -29,7 +29,13 @@ use opentelemetry_sdk::{
     trace::SdkTracerProvider,
     Resource,
 };
-use tracing_subscriber::{filter::Targets, fmt, prelude::*, EnvFilter};
+use tracing::{level_filters::LevelFilter, subscriber::Interest, Level, Metadata};
+use tracing_subscriber::{
+    fmt,
+    layer::{Context, Filter},
+    prelude::*,
+    EnvFilter,
+};
 
 use crate::config::{LogFormat, LogSettings, TelemetrySettings};
 
@@ -94,7 +100,9 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
         );
         EnvFilter::new(with_quiet_transport("info"))
     });
-    // Only our spans become OpenTelemetry spans, whatever the log level.
+    // Only our `tracing` spans become OpenTelemetry spans, whatever the
+    // log level, and only warnings and errors become their span events
+    // (see `Bridged`).
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SERVICE_NAME))
         .with_location(false)
@@ -102,7 +110,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
         .with_level(false)
         .with_target(false)
         .with_tracked_inactivity(false)
-        .with_filter(Targets::new().with_target("user_service", tracing::Level::INFO));
+        .with_filter(Bridged);
     let (writer, flusher) = log_writer::stdout();
     let writer_handle = writer.clone();
     let registry = tracing_subscriber::registry().with(otel_layer);
@@ -215,6 +223,51 @@ fn resource() -> Resource {
     builder.build()
 }
 
+/// What the `tracing-opentelemetry` layer may see: this crate's spans at
+/// `info` and above, and its events at `warn` and above (inside a `tracing`
+/// span they become span events; outside one that layer ignores them).
+///
+/// `info` events are kept from it because every call writes one, the
+/// `finished call` line, outside any `tracing` span (the call's span is not
+/// one, see `trace`). Letting them through made that line enabled at
+/// `log.level=warn`, so every call paid for a context switch and a
+/// dispatch that wrote nothing. The choice is static (per callsite): a
+/// filter that decides per event, say "only inside a span", makes
+/// tracing-subscriber treat the event as enabled for every layer, which is
+/// the same cost again.
+struct Bridged;
+
+impl Bridged {
+    fn wanted(meta: &Metadata<'_>) -> bool {
+        let target = meta.target();
+        let ours = target == "user_service" || target.starts_with("user_service::");
+        let floor = if meta.is_span() {
+            Level::INFO
+        } else {
+            Level::WARN
+        };
+        ours && *meta.level() <= floor
+    }
+}
+
+impl<S> Filter<S> for Bridged {
+    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
+        Self::wanted(meta)
+    }
+
+    fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
+        if Self::wanted(meta) {
+            Interest::always()
+        } else {
+            Interest::never()
+        }
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::INFO)
+    }
+}
+
 fn with_quiet_transport(directives: &str) -> String {
     let mut out = directives.to_owned();
     for noisy in [
@@ -232,4 +285,66 @@ fn with_quiet_transport(directives: &str) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::Level;
+    use tracing_subscriber::{layer::Context, prelude::*, EnvFilter, Layer};
+
+    use super::*;
+
+    /// Names what reached it: `span NAME` or `event LEVEL`.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<Mutex<Vec<String>>>);
+
+    impl<S: tracing::Subscriber> Layer<S> for Seen {
+        fn on_new_span(
+            &self,
+            attrs: &tracing::span::Attributes<'_>,
+            _: &tracing::span::Id,
+            _: Context<'_, S>,
+        ) {
+            let name = format!("span {}", attrs.metadata().name());
+            self.0.lock().unwrap().push(name);
+        }
+
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            let name = format!("event {}", event.metadata().level());
+            self.0.lock().unwrap().push(name);
+        }
+    }
+
+    #[test]
+    fn the_bridge_takes_our_spans_and_warnings_and_leaves_info_lines_disabled() {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry()
+            .with(seen.clone().with_filter(Bridged))
+            .with(tracing_subscriber::fmt::layer().with_filter(EnvFilter::new("warn")));
+        tracing::subscriber::with_default(subscriber, || {
+            // At log.level=warn an info line is off for every layer, so the
+            // call layer's `enabled!` check skips building it at all.
+            assert!(!tracing::enabled!(Level::INFO));
+            assert!(tracing::enabled!(Level::WARN));
+            let span = tracing::info_span!("work");
+            let _entered = span.enter();
+            tracing::info!("not bridged");
+            tracing::warn!("bridged");
+            let _debug = tracing::debug_span!("too fine");
+        });
+        assert_eq!(*seen.0.lock().unwrap(), ["span work", "event WARN"]);
+    }
+
+    #[test]
+    fn the_bridge_ignores_other_crates() {
+        let seen = Seen::default();
+        let subscriber = tracing_subscriber::registry().with(seen.clone().with_filter(Bridged));
+        tracing::subscriber::with_default(subscriber, || {
+            let _span = tracing::info_span!(target: "h2", "poll");
+            tracing::error!(target: "hyper", "other crate");
+        });
+        assert!(seen.0.lock().unwrap().is_empty());
+    }
 }
