@@ -48,12 +48,37 @@ impl<T> Aged<T> {
 
     /// Registers the timer with `cx` (so an idle connection is woken when
     /// it expires) and says whether it has.
-    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
-        if !self.expired && self.hard_stop.as_mut().poll(cx).is_ready() {
+    /// Whether the connection is past its time. Polling the timer (which
+    /// registers the task's waker with it) costs an atomic exchange or
+    /// two, once per read and write of a busy connection, so it is polled
+    /// only when the socket has nothing to offer (`idle`): an idle
+    /// connection still wakes at its hard stop, and a busy one sees the
+    /// fired timer in its state without polling it.
+    fn expired(&mut self, cx: &mut Context<'_>, idle: bool) -> bool {
+        if !self.expired
+            && (self.hard_stop.is_elapsed()
+                || (idle && self.hard_stop.as_mut().poll(cx).is_ready()))
+        {
             self.expired = true;
             tracing::debug!("connection closed: grpc.max_connection_age_grace passed");
         }
         self.expired
+    }
+
+    /// `op` on the inner stream unless the connection is past its time.
+    fn guard<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        op: impl FnOnce(&mut T, &mut Context<'_>) -> Poll<io::Result<R>>,
+    ) -> Poll<io::Result<R>> {
+        if self.expired(cx, false) {
+            return Poll::Ready(Err(expired()));
+        }
+        let polled = op(&mut self.inner, cx);
+        if polled.is_pending() && self.expired(cx, true) {
+            return Poll::Ready(Err(expired()));
+        }
+        polled
     }
 }
 
@@ -80,10 +105,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Aged<T> {
     ) -> Poll<io::Result<()>> {
         // hyper always has a read pending on a live connection, so this is
         // where an idle connection notices its end.
-        if self.poll_expired(cx) {
-            return Poll::Ready(Err(expired()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        self.guard(cx, |inner, cx| Pin::new(inner).poll_read(cx, buf))
     }
 }
 
@@ -93,10 +115,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Aged<T> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        if self.poll_expired(cx) {
-            return Poll::Ready(Err(expired()));
-        }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.guard(cx, |inner, cx| Pin::new(inner).poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -112,10 +131,9 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Aged<T> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        if self.poll_expired(cx) {
-            return Poll::Ready(Err(expired()));
-        }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        self.guard(cx, |inner, cx| {
+            Pin::new(inner).poll_write_vectored(cx, bufs)
+        })
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -168,10 +168,6 @@ impl Fields<'_> {
         self.out.push(':');
         true
     }
-
-    fn formatted(&mut self, value: fmt::Arguments<'_>) {
-        self.result = self.out.write_fmt(value);
-    }
 }
 
 impl Visit for Fields<'_> {
@@ -205,9 +201,11 @@ impl Visit for Fields<'_> {
     fn record_f64(&mut self, field: &Field, value: f64) {
         if self.key(field) {
             if value.is_finite() {
-                // Debug keeps a decimal point (`2.0`), so the value stays
-                // a float for JSON readers.
-                self.formatted(format_args!("{value:?}"));
+                // The shortest text that reads back as `value`, with a
+                // decimal point kept (`2.0`), so it stays a float for JSON
+                // readers; as serde_json writes floats, and a fifth of the
+                // cost of `Debug`, which took a sixth of the line's.
+                self.out.push_str(zmij::Buffer::new().format_finite(value));
             } else {
                 self.out.push_str("null");
             }
@@ -285,7 +283,27 @@ impl fmt::Write for Escaper<'_> {
     }
 }
 
+/// The bytes a JSON string may not hold raw: controls, `"` and `\\`.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 fn escape_into(out: &mut String, s: &str) {
+    // Nearly every string (names, codes, addresses) needs no escape, and
+    // a table lookup per byte says so in a third of the instructions of
+    // the match below.
+    if !s.bytes().any(|b| ESCAPED[usize::from(b)]) {
+        out.push_str(s);
+        return;
+    }
     // Only ASCII bytes ever need escaping, and a byte below 0x80 is
     // always a character boundary, so scanning bytes is enough (and
     // much cheaper than decoding characters).

@@ -182,8 +182,15 @@ impl CallSpan {
     pub fn start(name: &'static str, headers: &HeaderMap) -> Self {
         // The base is an empty context, not the current one: a call never
         // inherits whatever context the polling thread happens to hold.
-        let parent = TraceContextPropagator::new()
-            .extract_with_context(&Context::new(), &HeaderExtractor(headers));
+        // Without a `traceparent` there is nothing to continue (a
+        // `tracestate` alone is ignored, as the propagator does), and most
+        // calls arrive without one: skip the propagator's work.
+        let parent = if headers.contains_key("traceparent") {
+            TraceContextPropagator::new()
+                .extract_with_context(&Context::new(), &HeaderExtractor(headers))
+        } else {
+            Context::new()
+        };
         let (sc, recording) = begin(&parent, name, SpanKind::Server);
         Self {
             cx: parent.with_remote_span_context(sc),

@@ -27,7 +27,6 @@
 //! (0), so the chart's limit can be chosen from what production shows.
 
 use std::{
-    collections::HashMap,
     future::Future,
     pin::Pin,
     sync::{
@@ -42,7 +41,7 @@ use metrics::{Counter, Gauge};
 use tonic::{body::Body, Status};
 use tower::{Layer, Service};
 
-use super::methods::Catalogue;
+use super::methods::{Catalogue, PathMap};
 use crate::telemetry::metrics as names;
 
 #[derive(Clone)]
@@ -102,7 +101,7 @@ struct Shared {
     in_flight: Gauge,
     /// The methods subject to the limit (by request path), with their
     /// shed counters.
-    limited: HashMap<&'static str, Counter>,
+    limited: PathMap<Counter>,
 }
 
 impl Shared {

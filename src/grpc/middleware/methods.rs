@@ -3,7 +3,11 @@
 //! hand-kept list: a new RPC is observed with the right `grpc_type` the
 //! moment it is in the proto.
 
-use std::{collections::HashMap, sync::OnceLock};
+use std::{
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
+    sync::OnceLock,
+};
 
 use prost::Message as _;
 
@@ -48,9 +52,38 @@ pub struct Method {
     pub kind: GrpcType,
 }
 
+/// A map keyed by request path, as the per-call layers keep theirs.
+///
+/// Hashed with FNV-1a rather than the default SipHash: each call looks its
+/// path up in two of these, and SipHash's resistance to chosen keys buys
+/// nothing here. Clients choose only the path looked up, never what goes
+/// in: the keys are the catalogue's, fixed at startup.
+pub type PathMap<V> = HashMap<&'static str, V, BuildHasherDefault<Fnv1a>>;
+
+/// The 64-bit FNV-1a hash.
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Hasher for Fnv1a {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
 /// Every method, by request path (`/user.v1.UserService/CreateUser`).
 pub struct Catalogue {
-    by_path: HashMap<&'static str, Method>,
+    by_path: PathMap<Method>,
 }
 
 impl Catalogue {
@@ -70,7 +103,7 @@ impl Catalogue {
     }
 
     fn from_descriptor_sets(sets: &[&[u8]]) -> Self {
-        let mut by_path = HashMap::new();
+        let mut by_path = PathMap::default();
         for encoded in sets {
             let set = match prost_types::FileDescriptorSet::decode(*encoded) {
                 Ok(set) => set,

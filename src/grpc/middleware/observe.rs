@@ -9,7 +9,7 @@
 //! (`Canceled`), since deadlines are answered by the deadline layer.
 
 use std::{
-    collections::HashMap,
+    cell::OnceCell,
     future::Future,
     net::SocketAddr,
     pin::Pin,
@@ -26,7 +26,7 @@ use tracing::Level;
 
 use super::{
     body::{BodyObserver, End, Observed},
-    methods::{Catalogue, Method},
+    methods::{Catalogue, Method, PathMap},
 };
 use crate::{
     grpc::codes::{self, LogLevel, CODES},
@@ -78,7 +78,7 @@ impl<S> Layer<S> for ObserveLayer {
 
 struct Shared {
     /// By request path.
-    methods: HashMap<&'static str, Arc<MethodState>>,
+    methods: PathMap<Arc<MethodState>>,
     options: ObserveOptions,
 }
 
@@ -349,8 +349,10 @@ impl Call {
 
         let row = codes::info(code);
         let method = state.method;
-        // Written once, for the span and the log line.
-        let peer = self.peer.map(PeerText::new);
+        // Written once, for the span and the log line, and only if one of
+        // them is: at `log.level=warn`, an unsampled call needs neither.
+        let peer = OnceCell::new();
+        let peer = || peer.get_or_init(|| self.peer.map(PeerText::new)).as_ref();
         self.span.end(
             |span| {
                 span.str("rpc.system", "grpc");
@@ -358,7 +360,7 @@ impl Call {
                 span.str("rpc.method", method.method);
                 // Newer semantic conventions, beside the established names.
                 span.str("rpc.system.name", "grpc");
-                if let Some(peer) = &peer {
+                if let Some(peer) = peer() {
                     span.str("network.peer.address", peer.ip());
                     span.int("network.peer.port", i64::from(peer.port));
                 }
@@ -367,16 +369,21 @@ impl Call {
             },
             row.server_error.then_some(row.go_name),
         );
-        let peer = peer.as_ref().map(PeerText::as_str);
         self.log(
             row.go_name,
             row.log_level,
             elapsed.as_secs_f64() * 1000.0,
-            peer,
+            || peer().map(PeerText::as_str),
         );
     }
 
-    fn log(&self, code: &'static str, level: LogLevel, time_ms: f64, peer: Option<&str>) {
+    fn log<'p>(
+        &self,
+        code: &'static str,
+        level: LogLevel,
+        time_ms: f64,
+        peer: impl Fn() -> Option<&'p str>,
+    ) {
         let method = self.state.method;
         // The level must be a constant per callsite; `enabled!` first, so a
         // line nobody wants costs no context switch.
@@ -384,14 +391,17 @@ impl Call {
             ($level:expr) => {
                 if tracing::enabled!($level) {
                     self.in_scope(|| {
+                        // `message` as a field of its own, a `&str`: as
+                        // the macro's trailing format string it would be
+                        // `fmt::Arguments`, formatted afresh every line.
                         tracing::event!(
                             $level,
+                            message = "finished call",
                             grpc.service = method.service,
                             grpc.method = method.method,
                             grpc.code = code,
                             grpc.time_ms = time_ms,
-                            peer.address = peer,
-                            "finished call"
+                            peer.address = peer(),
                         )
                     })
                 }
