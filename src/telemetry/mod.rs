@@ -29,7 +29,12 @@ use opentelemetry_sdk::{
     trace::SdkTracerProvider,
     Resource,
 };
-use tracing::{level_filters::LevelFilter, subscriber::Interest, Level, Metadata};
+use tracing::{
+    level_filters::LevelFilter,
+    span::{Attributes, Id, Record},
+    subscriber::Interest,
+    Level, Metadata,
+};
 use tracing_subscriber::{
     fmt,
     layer::{Context, Filter},
@@ -93,15 +98,20 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
 
     // Settings::load validated log.level with this same function; a level
     // that still fails is said out loud, never silently replaced.
-    let log_filter = log_filter(&log.level).unwrap_or_else(|err| {
-        eprintln!(
-            "log.level {:?} is not a valid filter ({err}); logging at info",
-            log.level
-        );
-        EnvFilter::new(with_quiet_transport("info"))
-    });
+    let directives = match log_filter(&log.level) {
+        Ok(_) => log.level.as_str(),
+        Err(err) => {
+            eprintln!(
+                "log.level {:?} is not a valid filter ({err}); logging at info",
+                log.level
+            );
+            "info"
+        }
+    };
+    // Two instances of one filter: per-layer filters keep state of their own.
+    let log_filter = || log_filter(directives).unwrap_or_else(|_| EnvFilter::new("info"));
     // Only our `tracing` spans become OpenTelemetry spans, whatever the
-    // log level, and only warnings and errors become their span events
+    // log level, and our log lines written inside them their span events
     // (see `Bridged`).
     let otel_layer = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer(SERVICE_NAME))
@@ -110,7 +120,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
         .with_level(false)
         .with_target(false)
         .with_tracked_inactivity(false)
-        .with_filter(Bridged);
+        .with_filter(Bridged { log: log_filter() });
     let (writer, flusher) = log_writer::stdout();
     let writer_handle = writer.clone();
     let registry = tracing_subscriber::registry().with(otel_layer);
@@ -122,7 +132,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
                     // Colours for a terminal only, not for a file or a pipe.
                     .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
                     .with_writer(writer)
-                    .with_filter(log_filter),
+                    .with_filter(log_filter()),
             )
             .try_init(),
         LogFormat::Json => registry
@@ -130,7 +140,7 @@ pub fn init(log: &LogSettings, telemetry: &TelemetrySettings) -> Telemetry {
                 fmt::layer()
                     .event_format(json::JsonFormat::new())
                     .with_writer(writer)
-                    .with_filter(log_filter),
+                    .with_filter(log_filter()),
             )
             .try_init(),
     };
@@ -224,47 +234,75 @@ fn resource() -> Resource {
 }
 
 /// What the `tracing-opentelemetry` layer may see: this crate's spans at
-/// `info` and above, and its events at `warn` and above (inside a `tracing`
-/// span they become span events; outside one that layer ignores them).
+/// `info` and above, whatever the log level, and this crate's events that
+/// the log filter lets through (inside a `tracing` span they become span
+/// events; outside one that layer ignores them).
 ///
-/// `info` events are kept from it because every call writes one, the
-/// `finished call` line, outside any `tracing` span (the call's span is not
-/// one, see `trace`). Letting them through made that line enabled at
-/// `log.level=warn`, so every call paid for a context switch and a
-/// dispatch that wrote nothing. The choice is static (per callsite): a
-/// filter that decides per event, say "only inside a span", makes
-/// tracing-subscriber treat the event as enabled for every layer, which is
-/// the same cost again.
-struct Bridged;
+/// Events follow the log filter exactly so that both layers always agree
+/// on a callsite. Where per-layer filters disagree (one says never, the
+/// other always), tracing-subscriber asks both again for every event: for
+/// the `finished call` line each call writes, that was a walk through the
+/// log directives twice per call (its `enabled!` check and the event), and
+/// a bridge that took `info` events even made that line enabled at
+/// `log.level=warn`, built and dispatched for nothing.
+struct Bridged {
+    /// The log filter (`log.level`), an instance of its own.
+    log: EnvFilter,
+}
 
 impl Bridged {
-    fn wanted(meta: &Metadata<'_>) -> bool {
+    fn ours(meta: &Metadata<'_>) -> bool {
         let target = meta.target();
-        let ours = target == "user_service" || target.starts_with("user_service::");
-        let floor = if meta.is_span() {
-            Level::INFO
-        } else {
-            Level::WARN
-        };
-        ours && *meta.level() <= floor
+        target == "user_service" || target.starts_with("user_service::")
     }
 }
 
 impl<S> Filter<S> for Bridged {
-    fn enabled(&self, meta: &Metadata<'_>, _: &Context<'_, S>) -> bool {
-        Self::wanted(meta)
+    fn enabled(&self, meta: &Metadata<'_>, cx: &Context<'_, S>) -> bool {
+        Self::ours(meta)
+            && if meta.is_span() {
+                *meta.level() <= Level::INFO
+            } else {
+                Filter::<S>::enabled(&self.log, meta, cx)
+            }
     }
 
     fn callsite_enabled(&self, meta: &'static Metadata<'static>) -> Interest {
-        if Self::wanted(meta) {
-            Interest::always()
-        } else {
-            Interest::never()
+        // Registered with the log filter whatever the answer, so its
+        // span-based directives (`[span]=debug`) see every span.
+        let logged = Filter::<S>::callsite_enabled(&self.log, meta);
+        match (Self::ours(meta), meta.is_span()) {
+            (false, _) => Interest::never(),
+            (true, true) if *meta.level() <= Level::INFO => Interest::always(),
+            (true, true) => Interest::never(),
+            (true, false) => logged,
         }
     }
 
     fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::INFO)
+        let log = Filter::<S>::max_level_hint(&self.log).unwrap_or(LevelFilter::TRACE);
+        Some(log.max(LevelFilter::INFO))
+    }
+
+    // The log filter follows spans for its span-based directives.
+    fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, cx: Context<'_, S>) {
+        Filter::<S>::on_new_span(&self.log, attrs, id, cx);
+    }
+
+    fn on_record(&self, id: &Id, values: &Record<'_>, cx: Context<'_, S>) {
+        Filter::<S>::on_record(&self.log, id, values, cx);
+    }
+
+    fn on_enter(&self, id: &Id, cx: Context<'_, S>) {
+        Filter::<S>::on_enter(&self.log, id, cx);
+    }
+
+    fn on_exit(&self, id: &Id, cx: Context<'_, S>) {
+        Filter::<S>::on_exit(&self.log, id, cx);
+    }
+
+    fn on_close(&self, id: Id, cx: Context<'_, S>) {
+        Filter::<S>::on_close(&self.log, id, cx);
     }
 }
 
@@ -292,7 +330,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use tracing::Level;
-    use tracing_subscriber::{layer::Context, prelude::*, EnvFilter, Layer};
+    use tracing_subscriber::{layer::Context, prelude::*, Layer};
 
     use super::*;
 
@@ -317,30 +355,74 @@ mod tests {
         }
     }
 
+    fn bridged(level: &str) -> Bridged {
+        Bridged {
+            log: log_filter(level).unwrap(),
+        }
+    }
+
     #[test]
-    fn the_bridge_takes_our_spans_and_warnings_and_leaves_info_lines_disabled() {
-        let seen = Seen::default();
-        let subscriber = tracing_subscriber::registry()
-            .with(seen.clone().with_filter(Bridged))
-            .with(tracing_subscriber::fmt::layer().with_filter(EnvFilter::new("warn")));
-        tracing::subscriber::with_default(subscriber, || {
-            // At log.level=warn an info line is off for every layer, so the
-            // call layer's `enabled!` check skips building it at all.
-            assert!(!tracing::enabled!(Level::INFO));
-            assert!(tracing::enabled!(Level::WARN));
-            let span = tracing::info_span!("work");
-            let _entered = span.enter();
-            tracing::info!("not bridged");
-            tracing::warn!("bridged");
-            let _debug = tracing::debug_span!("too fine");
-        });
-        assert_eq!(*seen.0.lock().unwrap(), ["span work", "event WARN"]);
+    fn the_bridge_takes_our_spans_and_the_lines_the_log_level_writes() {
+        for (level, info_on, expected) in [
+            ("warn", false, &["span work", "event WARN"][..]),
+            ("info", true, &["span work", "event INFO", "event WARN"][..]),
+        ] {
+            let seen = Seen::default();
+            let subscriber = tracing_subscriber::registry()
+                .with(seen.clone().with_filter(bridged(level)))
+                .with(tracing_subscriber::fmt::layer().with_filter(log_filter(level).unwrap()));
+            tracing::subscriber::with_default(subscriber, || {
+                // At log.level=warn an info line is off for every layer, so
+                // the call layer's `enabled!` check skips building it.
+                assert_eq!(tracing::enabled!(Level::INFO), info_on, "{level}");
+                // Our spans whatever the level; theirs and finer ones not.
+                let span = tracing::info_span!("work");
+                let _entered = span.enter();
+                let _fine = tracing::debug_span!("too fine");
+                tracing::info!("a line");
+                tracing::warn!("a warning");
+            });
+            assert_eq!(*seen.0.lock().unwrap(), expected, "{level}");
+        }
+    }
+
+    #[test]
+    fn the_bridge_agrees_with_the_log_filter_on_every_event() {
+        // Disagreeing per-layer filters make tracing-subscriber ask both
+        // for every event; agreeing ones let the callsite's answer stand.
+        struct Probe;
+        impl tracing::Callsite for Probe {
+            fn set_interest(&self, _: Interest) {}
+            fn metadata(&self) -> &Metadata<'_> {
+                &PROBE
+            }
+        }
+        static PROBE: Metadata<'static> = tracing::metadata! {
+            name: "finished call",
+            target: "user_service::grpc::middleware::observe",
+            level: Level::INFO,
+            fields: &[],
+            callsite: &Probe,
+            kind: tracing::metadata::Kind::EVENT,
+        };
+        for level in ["warn", "info", "debug", "user_service=error"] {
+            let log = log_filter(level).unwrap();
+            let logged = Filter::<tracing_subscriber::Registry>::callsite_enabled(&log, &PROBE);
+            let bridged =
+                Filter::<tracing_subscriber::Registry>::callsite_enabled(&bridged(level), &PROBE);
+            assert_eq!(
+                (bridged.is_always(), bridged.is_never()),
+                (logged.is_always(), logged.is_never()),
+                "{level}"
+            );
+        }
     }
 
     #[test]
     fn the_bridge_ignores_other_crates() {
         let seen = Seen::default();
-        let subscriber = tracing_subscriber::registry().with(seen.clone().with_filter(Bridged));
+        let subscriber =
+            tracing_subscriber::registry().with(seen.clone().with_filter(bridged("trace")));
         tracing::subscriber::with_default(subscriber, || {
             let _span = tracing::info_span!(target: "h2", "poll");
             tracing::error!(target: "hyper", "other crate");

@@ -26,7 +26,7 @@
 
 use std::{sync::OnceLock, time::SystemTime};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use opentelemetry::{
     propagation::{Extractor, TextMapPropagator},
     trace::{SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags},
@@ -185,7 +185,7 @@ impl CallSpan {
         // Without a `traceparent` there is nothing to continue (a
         // `tracestate` alone is ignored, as the propagator does), and most
         // calls arrive without one: skip the propagator's work.
-        let parent = if headers.contains_key("traceparent") {
+        let parent = if headers.contains_key(TRACEPARENT) {
             TraceContextPropagator::new()
                 .extract_with_context(&Context::new(), &HeaderExtractor(headers))
         } else {
@@ -282,6 +282,9 @@ pub fn current_ids() -> Option<(opentelemetry::TraceId, opentelemetry::SpanId)> 
 }
 
 /// W3C trace context is read from HTTP/2 headers (gRPC metadata).
+/// Prebuilt, so the per-call check does not parse the name.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 struct HeaderExtractor<'a>(&'a HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {

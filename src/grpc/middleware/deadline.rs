@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use tokio::time::{Instant, Sleep};
 use tonic::{body::Body, Status};
 use tower::{Layer, Service};
@@ -34,11 +34,14 @@ pub struct CallDeadline {
     pub respond_by: Instant,
 }
 
+/// Prebuilt, so the lookup does not parse the name each call.
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+
 impl CallDeadline {
     fn of(headers: &HeaderMap, default_timeout: Duration) -> Self {
         let now = Instant::now();
         let client = headers
-            .get("grpc-timeout")
+            .get(GRPC_TIMEOUT)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_grpc_timeout)
             .and_then(|d| now.checked_add(d));

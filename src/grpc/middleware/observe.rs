@@ -18,7 +18,7 @@ use std::{
     time::Instant,
 };
 
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderName, Request, Response};
 use metrics::{Counter, Histogram};
 use tonic::{body::Body, Code, Status};
 use tower::{Layer, Service};
@@ -500,8 +500,12 @@ impl std::fmt::Write for PeerText {
     }
 }
 
+/// Looked up by a prebuilt name: a `&str` key is parsed and validated as a
+/// header name on every lookup (a few hundred instructions each).
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 fn grpc_status(headers: &HeaderMap) -> Option<Code> {
-    let raw = headers.get("grpc-status")?.to_str().ok()?;
+    let raw = headers.get(GRPC_STATUS)?.to_str().ok()?;
     raw.trim().parse::<i32>().ok().map(Code::from_i32)
 }
 
