@@ -46,8 +46,6 @@ impl<T> Aged<T> {
         }
     }
 
-    /// Registers the timer with `cx` (so an idle connection is woken when
-    /// it expires) and says whether it has.
     /// Whether the connection is past its time. Polling the timer (which
     /// registers the task's waker with it) costs an atomic exchange or
     /// two, once per read and write of a busy connection, so it is polled

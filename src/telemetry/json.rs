@@ -309,14 +309,17 @@ fn escape_into(out: &mut String, s: &str) {
     // much cheaper than decoding characters).
     let mut plain = 0;
     for (i, &b) in s.as_bytes().iter().enumerate() {
+        if !ESCAPED[usize::from(b)] {
+            continue;
+        }
         let escape = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
             b'\n' => "\\n",
             b'\r' => "\\r",
             b'\t' => "\\t",
-            0..=0x1f => "",
-            _ => continue,
+            // The other controls (the table holds nothing else).
+            _ => "",
         };
         out.push_str(&s[plain..i]);
         if escape.is_empty() {

@@ -408,10 +408,10 @@ mod tests {
         for level in ["warn", "info", "debug", "user_service=error"] {
             let log = log_filter(level).unwrap();
             let logged = Filter::<tracing_subscriber::Registry>::callsite_enabled(&log, &PROBE);
-            let bridged =
+            let bridge =
                 Filter::<tracing_subscriber::Registry>::callsite_enabled(&bridged(level), &PROBE);
             assert_eq!(
-                (bridged.is_always(), bridged.is_never()),
+                (bridge.is_always(), bridge.is_never()),
                 (logged.is_always(), logged.is_never()),
                 "{level}"
             );
