@@ -6,11 +6,9 @@
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY [ROUNDS]   # e.g. a saved copy of an
 #                                                # older target/release/user-service
-# Modes: warn (log.level=warn, no exporter), chart-no-otlp (JSON info
-# logs), chart (the same + every call exported to a local OTLP sink);
-# MODES="chart" runs only the named ones. AUTH=1 turns authentication on
-# (an HS256 secret, as the chart does) and sends an admin token with every
-# call, minted by each build's own `token` command.
+# Modes (bench/modes.sh): warn, chart-no-otlp, chart; MODES="chart" runs
+# only the named ones. AUTH=1 turns authentication on and sends an admin
+# token with every call.
 # The user to read is created through the API, so builds from before
 # store.seed_file compare too.
 set -euo pipefail
@@ -25,31 +23,17 @@ trap cleanup EXIT
 sink_port=${AB_SINK_PORT:-54317}
 taskset -c 1 target/release/otlp-sink --addr "127.0.0.1:$sink_port" --count-file "$work/spans.json" >/dev/null 2>&1 &
 pids+=($!)
-H=(-H 'content-type: application/grpc' -H 'te: trailers')
 port=${AB_PORT:-55100}
-frame='import json, sys
-uid = json.load(sys.stdin)["id"].encode()
-msg = b"\x0a" + bytes([len(uid)]) + uid
-sys.stdout.buffer.write(b"\x00" + len(msg).to_bytes(4, "big") + msg)'
+. bench/modes.sh
 one() { # binary mode -> prints CPU µs per call
   local bin=$1 mode=$2; port=$((port + 2))
-  local env=(USER_SERVICE__SHUTDOWN__DRAIN_DELAY=0s USER_SERVICE__LOG__FORMAT=json)
-  local auth=()
-  if [ -n "${AUTH:-}" ]; then
-    env+=(USER_SERVICE__AUTH__ENABLED=true USER_SERVICE__AUTH__JWT_SECRET=ab-bench-secret-ab-bench-secret-0123456789)
-    auth=(-H "authorization: Bearer $(env "${env[@]}" "$bin" token --sub ab --role admin --ttl 1h)")
-  fi
-  case $mode in
-    warn) env+=(USER_SERVICE__LOG__LEVEL=warn) ;;
-    chart-no-otlp) env+=(USER_SERVICE__LOG__LEVEL=info) ;;
-    chart) env+=(USER_SERVICE__LOG__LEVEL=info OTEL_TRACES_SAMPLER=parentbased_always_on
-                 OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port") ;;
-  esac
+  local env auth
+  mode_env "$mode" "$bin" "$sink_port"
   env "${env[@]}" taskset -c 0 "$bin" --grpc-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$((port + 1))" >"$work/log" 2>&1 &
   local pid=$!
-  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((port + 1))/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
+  wait_ready $((port + 1))
   target/release/bench-client create --addr "127.0.0.1:$port" --email "ab$port@example.com" --name AB \
-    | python3 -c "$frame" >"$work/req"
+    | python3 -c "$GET_USER_FRAME" >"$work/req"
   local url=http://127.0.0.1:$port/user.v1.UserService/GetUser
   timeout 60 taskset -c 1 h2load -n 20000 -c 8 -m 32 -d "$work/req" "${H[@]}" "${auth[@]}" "$url" >/dev/null 2>&1
   local t0 t1; t0=$(awk '{print $14+$15}' "/proc/$pid/stat")

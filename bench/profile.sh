@@ -3,8 +3,9 @@
 #
 #   bench/profile.sh [MODE] [OUT.png]      # make profile PROFILE_MODE=chart
 #
-# MODE is one of bench/ab.sh's: warn, chart-no-otlp, chart (the default:
-# JSON call logs at info and every call exported to a local OTLP sink).
+# MODE is one of bench/modes.sh's: warn, chart-no-otlp, chart (the default:
+# JSON call logs at info and every call exported to a local OTLP sink);
+# AUTH=1 adds authentication, an admin token on every call.
 # The release server runs on CPU 0 and h2load on CPU 1, as in the
 # benchmarks; `perf record --call-graph dwarf` samples the server only.
 # Writes OUT (default bench/results/flamegraph-MODE.png) and prints the
@@ -36,31 +37,22 @@ trap cleanup EXIT
 
 port=${PROFILE_PORT:-55300}
 sink_port=$((port + 2))
-env=(USER_SERVICE__SHUTDOWN__DRAIN_DELAY=0s USER_SERVICE__LOG__FORMAT=json)
-case $MODE in
-  warn) env+=(USER_SERVICE__LOG__LEVEL=warn) ;;
-  chart-no-otlp) env+=(USER_SERVICE__LOG__LEVEL=info) ;;
-  chart)
-    env+=(USER_SERVICE__LOG__LEVEL=info OTEL_TRACES_SAMPLER=parentbased_always_on
-          OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$sink_port")
-    taskset -c 1 target/release/otlp-sink --addr "127.0.0.1:$sink_port" --count-file "$work/spans.json" >/dev/null 2>&1 &
-    pids+=($!) ;;
-  *) echo "unknown mode $MODE (warn, chart-no-otlp, chart)" >&2; exit 2 ;;
-esac
+. bench/modes.sh
+mode_env "$MODE" target/release/user-service "$sink_port"
+if [ "$MODE" = chart ]; then
+  taskset -c 1 target/release/otlp-sink --addr "127.0.0.1:$sink_port" --count-file "$work/spans.json" >/dev/null 2>&1 &
+  pids+=($!)
+fi
 # Logs go to a file, as the chart's do to the node's log files.
 env "${env[@]}" taskset -c 0 target/release/user-service \
   --grpc-addr "127.0.0.1:$port" --admin-addr "127.0.0.1:$((port + 1))" >"$work/log" 2>&1 &
 pid=$!
 pids+=("$pid")
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$((port + 1))/readyz" >/dev/null 2>&1 && break; sleep 0.05; done
+wait_ready $((port + 1))
 target/release/bench-client create --addr "127.0.0.1:$port" --email profile@example.com --name Profile \
-  | python3 -c 'import json, sys
-uid = json.load(sys.stdin)["id"].encode()
-msg = b"\x0a" + bytes([len(uid)]) + uid
-sys.stdout.buffer.write(b"\x00" + len(msg).to_bytes(4, "big") + msg)' >"$work/req"
-H=(-H 'content-type: application/grpc' -H 'te: trailers')
+  | python3 -c "$GET_USER_FRAME" >"$work/req"
 url=http://127.0.0.1:$port/user.v1.UserService/GetUser
-taskset -c 1 h2load -n 20000 -c 8 -m 32 -d "$work/req" "${H[@]}" "$url" >/dev/null 2>&1
+taskset -c 1 h2load -n 20000 -c 8 -m 32 -d "$work/req" "${H[@]}" "${auth[@]}" "$url" >/dev/null 2>&1
 
 if [ -n "${FLAT:-}" ]; then
   perf record -q -F 3999 -p "$pid" -o "$work/perf.data" &
@@ -69,7 +61,7 @@ else
 fi
 perf_pid=$!
 sleep 0.3
-taskset -c 1 h2load -n "$N" -c 8 -m 32 -d "$work/req" "${H[@]}" "$url" | grep -E "^finished in|^status codes"
+taskset -c 1 h2load -n "$N" -c 8 -m 32 -d "$work/req" "${H[@]}" "${auth[@]}" "$url" | grep -E "^finished in|^status codes"
 kill -INT "$perf_pid"; wait "$perf_pid" 2>/dev/null || true
 if [ -n "${FLAT:-}" ]; then
   perf report -i "$work/perf.data" --no-children --sort comm,sym --stdio 2>/dev/null \
