@@ -68,7 +68,7 @@ count() { # mode -> prints instructions per call
       >"$work/log" 2>&1 &
     local pid=$!
     pids+=("$pid")
-    for _ in $(seq 600); do curl -sf "http://127.0.0.1:$((port + 1))/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+    wait_ready $((port + 1)) 1200
     target/release/bench-client create --addr "127.0.0.1:$port" --email "$email" --name Instructions \
       | python3 -c "$GET_USER_FRAME" >"$work/req"
   fi

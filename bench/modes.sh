@@ -36,9 +36,10 @@ mode_env() {
   esac
 }
 
-# Waits until the admin port on $1 answers /readyz (5 s at most).
+# Waits until the admin port on $1 answers /readyz: at most $2 tries, 50 ms
+# apart (default 100, 5 s; a server under callgrind needs more).
 wait_ready() {
-  for _ in $(seq 100); do
+  for _ in $(seq "${2:-100}"); do
     curl -sf "http://127.0.0.1:$1/readyz" >/dev/null 2>&1 && return 0
     sleep 0.05
   done
