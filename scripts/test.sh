@@ -6,25 +6,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each phase's line carries the seconds since the start, so a slow run's
+# log says where its time went.
+phase() { echo "==> [$SECONDS s] $*"; }
+
+phase "install test tools"
 scripts/install-test-deps.sh
 export PATH="$PWD/.tools/bin:$PATH"
 
-echo "==> cargo fmt --check"
+phase "cargo fmt --check"
 cargo fmt --all -- --check
 
-echo "==> cargo clippy"
+phase "cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 
-echo "==> cargo deny (licences, banned crates, sources; policy in deny.toml)"
+phase "cargo deny (licences, banned crates, sources; policy in deny.toml)"
 cargo deny --locked check --hide-inclusion-graph licenses bans sources
 
-echo "==> architecture (dependency rules of ARCHITECTURE.md)"
+phase "architecture (dependency rules of ARCHITECTURE.md)"
 scripts/check-architecture.sh
 
-echo "==> contract (buf lint, buf breaking against the released user.v1)"
+phase "contract (buf lint, buf breaking against the released user.v1)"
 scripts/check-contract.sh
 
-echo "==> cargo test (with a throwaway PostgreSQL cluster)"
+phase "cargo test (with a throwaway PostgreSQL cluster)"
 # pg_virtualenv creates a temporary cluster, exports PGHOST/PGPORT/PGUSER/
 # PGPASSWORD for it, runs the command and drops the cluster afterwards.
 # USER_SERVICE_TEST_REQUIRE_DB: a PostgreSQL test that finds no PostgreSQL
@@ -32,15 +37,15 @@ echo "==> cargo test (with a throwaway PostgreSQL cluster)"
 # no test is skipped by the test command.
 USER_SERVICE_TEST_REQUIRE_DB=1 pg_virtualenv cargo test --locked --all-targets
 
-echo "==> benchmark smoke (every compared server answers, spans arrive, the report renders)"
+phase "benchmark smoke (every compared server answers, spans arrive, the report renders)"
 make bench-smoke
 
-echo "==> deployment checks"
+phase "deployment checks"
 scripts/test-deploy.sh
 
-echo "==> the chart on a local cluster (install, probes, helm test, upgrade under load, uninstall)"
+phase "the chart on a local cluster (install, probes, helm test, upgrade under load, uninstall)"
 # Builds Kubernetes once into ${XDG_CACHE_HOME:-$HOME/.cache}/user-service
 # (~20 min cold on 2 cores), then starts, tests and stops the cluster.
 scripts/test-cluster.sh
 
-echo "==> all tests passed"
+phase "all tests passed"
