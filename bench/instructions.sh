@@ -52,7 +52,8 @@ taskset -c 1 target/release/otlp-sink --addr "127.0.0.1:$sink_port" --count-file
 pids+=($!)
 # Every server loads the same user from a seed file (store.seed_file for
 # this service), so all answer the same record and no password is hashed
-# under valgrind. The hash is well-formed and of no known password.
+# under valgrind. The hash is bench.py's PHC: well-formed, of no known
+# password.
 phc='$argon2id$v=19$m=19456,t=2,p=1$YmVuY2hzZWVkc2FsdDAwMA$Oq7nTWzGDMB2r8kLgYhTtBDBwJ8HqRkC1bLUyR5fqWY'
 uid=0190b4d6-7f3a-7c41-9a51-1f2e3d4c5b6a
 echo "{\"id\":\"$uid\",\"email\":\"instructions@example.com\",\"name\":\"Instructions\",\"password_hash\":\"$phc\"}" \

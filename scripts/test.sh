@@ -70,8 +70,9 @@ fi
 cat "$k8s_log"
 
 phase "the chart on a local cluster (install, probes, helm test, upgrade under load, uninstall)"
-# Builds Kubernetes once into ${XDG_CACHE_HOME:-$HOME/.cache}/user-service
-# (~20 min cold on 2 cores), then starts, tests and stops the cluster.
+# Kubernetes is built by now (above, cached in
+# ${XDG_CACHE_HOME:-$HOME/.cache}/user-service); this starts, tests and
+# stops the cluster.
 scripts/test-cluster.sh
 
 phase "all tests passed"
