@@ -514,7 +514,7 @@ impl PeerText {
     }
 
     fn decimal(&mut self, value: u16) {
-        self.push(json::decimal(value.into(), &mut [0; 20]).as_bytes());
+        self.push(json::decimal_digits(value.into(), &mut [0; 20]));
     }
 
     fn as_str(&self) -> &str {
