@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod hash;
 pub mod health;
 /// The generated `user.v1` wire types and stubs (the `user-service-api`
 /// crate): used by `grpc/` only, the edge where they stop.

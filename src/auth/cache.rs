@@ -9,21 +9,21 @@
 //! set that verified it; a JWKS fetch starts a new set, so a key the
 //! provider withdrew stops working within one refresh). A forged or
 //! refused token is never stored, so it cannot push entries out. The map
-//! hashes a token's end only ([`TailState`] says why that is safe).
+//! hashes a token's end only ([`TailHasher`] says why that is safe).
 //!
 //! Bounded by two generations of at most [`GENERATION`] entries: when the
 //! current one is full it becomes the previous one and the oldest is
 //! dropped; a hit in the previous generation moves the entry forward.
 
 use std::{
-    collections::{hash_map::RandomState, HashMap},
-    hash::{BuildHasher, Hasher},
+    collections::HashMap,
+    hash::{BuildHasherDefault, Hasher},
     mem,
     sync::{Mutex, PoisonError},
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::domain::Actor;
+use crate::{domain::Actor, hash::Fnv1a};
 
 /// Entries per generation.
 pub const GENERATION: usize = 1024;
@@ -34,7 +34,7 @@ pub const GENERATION: usize = 1024;
 /// characters (96 bits) spread the kept tokens as well as the whole text
 /// would. Hashing the whole ~200-byte token with SipHash cost ~600
 /// instructions per call more than this (BENCHMARKS.md item 21).
-pub const HASHED_TAIL: usize = 16;
+const HASHED_TAIL: usize = 16;
 
 #[derive(Clone)]
 struct Entry {
@@ -46,7 +46,7 @@ struct Entry {
     keys: u64,
 }
 
-type Map = HashMap<Box<str>, Entry, TailState>;
+type Map = HashMap<Box<str>, Entry, BuildHasherDefault<TailHasher>>;
 
 #[derive(Default)]
 struct Generations {
@@ -54,67 +54,27 @@ struct Generations {
     previous: Map,
 }
 
-/// Hashes a byte string by its last [`HASHED_TAIL`] bytes: two words
-/// and one folded multiply (foldhash's mixing step) with a per-process
-/// random seed: a few dozen instructions, whatever the token's length.
+/// FNV-1a ([`crate::hash`]) over the last [`HASHED_TAIL`] bytes of each
+/// byte string, whatever the token's length.
 ///
-/// Not a keyed hash in SipHash's sense, and it need not be one here: a
-/// map's probing cost grows with collisions among the *stored* entries,
-/// and only verified tokens are stored, whose ends are signatures no
-/// caller chooses. A caller's forged token costs one lookup (a bucket
-/// probe and, at worst, one comparison with a kept token), never an
-/// entry. Equality is untouched: the lookup compares tokens whole.
-#[derive(Clone)]
-struct TailState {
-    seed: u64,
-}
-
-impl Default for TailState {
-    fn default() -> Self {
-        Self {
-            seed: RandomState::new().hash_one(0u8),
-        }
-    }
-}
-
-impl BuildHasher for TailState {
-    type Hasher = TailHasher;
-
-    fn build_hasher(&self) -> TailHasher {
-        TailHasher(self.seed)
-    }
-}
-
-struct TailHasher(u64);
+/// Not keyed, and it need not be: a map's probing cost grows with
+/// collisions among the *stored* entries, and only verified tokens are
+/// stored, whose ends are signatures no caller chooses. A caller's forged
+/// token costs one lookup (a bucket probe and, at worst, one comparison
+/// with a kept token), never an entry. Equality is untouched: the lookup
+/// compares tokens whole.
+#[derive(Default)]
+struct TailHasher(Fnv1a);
 
 impl Hasher for TailHasher {
     fn write(&mut self, bytes: &[u8]) {
         let start = bytes.len().saturating_sub(HASHED_TAIL);
-        let mut tail = [0u8; HASHED_TAIL];
-        for (slot, byte) in tail.iter_mut().zip(bytes.get(start..).unwrap_or_default()) {
-            *slot = *byte;
-        }
-        let [lo, hi] = [0, 8].map(|at| {
-            let mut word = [0u8; 8];
-            for (slot, byte) in word.iter_mut().zip(&tail[at..]) {
-                *slot = *byte;
-            }
-            u64::from_le_bytes(word)
-        });
-        // The length keeps "a" and "a\0" apart; the constant is the
-        // golden ratio's bits, so an all-zero tail still mixes.
-        self.0 = folded_multiply(self.0 ^ lo, hi ^ 0x9e37_79b9_7f4a_7c15) ^ bytes.len() as u64;
+        self.0.write(bytes.get(start..).unwrap_or(bytes));
     }
 
     fn finish(&self) -> u64 {
-        folded_multiply(self.0, 0x2d35_8dcc_aa6c_78a5)
+        self.0.finish()
     }
-}
-
-/// The 128-bit product of `a` and `b`, its halves XORed.
-fn folded_multiply(a: u64, b: u64) -> u64 {
-    let product = u128::from(a) * u128::from(b);
-    (product as u64) ^ ((product >> 64) as u64)
 }
 
 /// See the module docs.
@@ -233,7 +193,8 @@ mod tests {
 
     #[test]
     fn the_hash_depends_on_the_end_only() {
-        let state = TailState::default();
+        use std::hash::BuildHasher;
+        let state = BuildHasherDefault::<TailHasher>::default();
         let tail = "t".repeat(HASHED_TAIL);
         assert_eq!(
             state.hash_one(format!("one.{tail}").as_str()),

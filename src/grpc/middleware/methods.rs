@@ -3,13 +3,11 @@
 //! hand-kept list: a new RPC is observed with the right `grpc_type` the
 //! moment it is in the proto.
 
-use std::{
-    collections::HashMap,
-    hash::{BuildHasherDefault, Hasher},
-    sync::OnceLock,
-};
+use std::{collections::HashMap, hash::BuildHasherDefault, sync::OnceLock};
 
 use prost::Message as _;
+
+use crate::hash::Fnv1a;
 
 /// The four go-grpc-prometheus `grpc_type` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,32 +52,10 @@ pub struct Method {
 
 /// A map keyed by request path, as the per-call layers keep theirs.
 ///
-/// Hashed with FNV-1a rather than the default SipHash: each call looks its
-/// path up in two of these, and SipHash's resistance to chosen keys buys
-/// nothing here. Clients choose only the path looked up, never what goes
+/// Hashed with FNV-1a ([`crate::hash`]): each call looks its path up in
+/// two of these. Clients choose only the path looked up, never what goes
 /// in: the keys are the catalogue's, fixed at startup.
 pub type PathMap<V> = HashMap<&'static str, V, BuildHasherDefault<Fnv1a>>;
-
-/// The 64-bit FNV-1a hash.
-pub struct Fnv1a(u64);
-
-impl Default for Fnv1a {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-}
-
-impl Hasher for Fnv1a {
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
-}
 
 /// Every method, by request path (`/user.v1.UserService/CreateUser`).
 pub struct Catalogue {
