@@ -32,7 +32,7 @@ pub const GENERATION: usize = 1024;
 /// signature (43 characters for HS256, more for RSA and EC), which differs
 /// between any two tokens that passed verification, so 16 of its
 /// characters (96 bits) spread the kept tokens as well as the whole text
-/// would. Hashing the whole ~200-byte token with SipHash cost ~600
+/// would. Hashing the whole ~200-byte token with SipHash cost ~550
 /// instructions per call more than this (BENCHMARKS.md item 21).
 const HASHED_TAIL: usize = 16;
 
